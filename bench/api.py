@@ -1,0 +1,171 @@
+"""The plugin interface: a method decides which channels matter, and optionally how to push
+training toward sparsity. The harness owns data, the loop, surgery, fine-tuning and measurement.
+
+Write a method by subclassing :class:`Method` and registering it in the ``bench.methods``
+entry-point group of your package (see README). ``bench.testing.check_method`` runs the
+conformance kit on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError, closest
+from bench.plan import PruningPlan
+from bench.units import PrunableUnit
+
+if TYPE_CHECKING:
+    from bench.datasets import DatasetSplits
+
+Phase = Literal["sparsity", "finetune", "prune"]
+Start = Literal["dense", "scratch"]
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """Hyperparameters of a method that has none."""
+
+
+@dataclass
+class Context:
+    """What the harness tells a method. Progress fields change as training runs.
+
+    ``units`` are the model's current prunable units (they shrink after each round's surgery).
+    ``generator`` is seeded from the run seed, so a method's randomness is reproducible.
+    """
+
+    model_name: str
+    units: list[PrunableUnit]
+    device: torch.device
+    seed: int
+    generator: torch.Generator
+    data: DatasetSplits | None = None
+    input_size: int = 32
+    round: int = 0
+    rounds: int = 1
+    phase: Phase = "sparsity"
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0  # optimizer steps taken in the current phase
+    steps_per_epoch: int = 0
+    train_size: int = 0  # images per epoch; sgl0 divides its regularizer by it
+    log: Callable[[dict[str, float]], None] = field(default=lambda metrics: None)
+
+
+class Method(abc.ABC):
+    """Base class of pruning methods, in the spirit of Optuna's ``BaseSampler``.
+
+    Required: :meth:`importance`. Every other hook does nothing by default.
+
+    Call order for one (method, seed) pipeline, all driven by the harness::
+
+        method = Method(config)                    # config: an instance of cls.Config
+        model  = dense baseline (start="dense") or a fresh init (start="scratch")
+        method.setup(model, ctx)
+        for ctx.round in range(method.rounds(ctx)):
+            if method.sparsity_training:           # same loop as every phase, ctx.phase="sparsity"
+                for each epoch:
+                    for each batch:
+                        logits = model(x)          # features of feature_modules() captured in this pass
+                        loss = CE(logits, y) + method.regularization(model, features, ctx)
+                        loss.backward()
+                        method.after_backward(model, ctx)   # gradient edits (slimming's subgradient)
+                        optimizer.step()
+                        method.after_step(model, ctx)       # proximal / thresholding steps
+                    method.on_epoch_end(model, ctx)         # e.g. stress
+            scores = method.importance(model, ctx)          # ctx.phase="prune": {unit: 1-D scores}
+            plan = method.allocate(model, scores, ctx)      # None -> the harness's rule (PruneConfig)
+            surgery.apply(model, plan)
+            if more rounds: fine-tune (ctx.phase="finetune")
+        fine-tune (ctx.phase="finetune"); hooks run here only if finetune_hooks is True
+
+    Selection of the final checkpoint uses the validation split; the test split is only reported.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    start: ClassVar[Start] = "dense"  # where the pipeline starts: the trained dense baseline, or scratch
+    sparsity_training: ClassVar[bool] = False  # run a sparsity-training phase before importance
+    finetune_hooks: ClassVar[bool] = False  # also call the training hooks while fine-tuning
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = self.Config() if config is None else config
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Method:
+        """Build from a plain mapping (TOML, ``--set method.<name>.params.k=v``, Optuna)."""
+        return cls(config_from_params(cls.Config, params, cls.name or cls.__name__))
+
+    # --- optional hooks, in call order --------------------------------------------------------
+    def setup(self, model: nn.Module, ctx: Context) -> None:
+        """Once, before sparsity training (or before importance when there is none)."""
+
+    def feature_modules(self, model: nn.Module) -> list[str]:
+        """Modules whose outputs :meth:`regularization` receives, in forward order. Default: none."""
+        return []
+
+    def regularization(self, model: nn.Module, features: list[torch.Tensor], ctx: Context) -> torch.Tensor | None:
+        """An extra loss term added to cross-entropy, or None."""
+        return None
+
+    def after_backward(self, model: nn.Module, ctx: Context) -> None:
+        """After ``loss.backward()``, before the optimizer step: edit gradients here."""
+
+    def after_step(self, model: nn.Module, ctx: Context) -> None:
+        """After the optimizer step: proximal or thresholding updates of the weights."""
+
+    def on_epoch_end(self, model: nn.Module, ctx: Context) -> None:
+        """After each training epoch of a phase that runs hooks."""
+
+    @abc.abstractmethod
+    def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
+        """One score per channel for every unit in ``ctx.units``; higher means more important.
+
+        Scores are compared across units by the global rules (FLOPs target, channel fraction), so
+        make them comparable (for example mean |w| rather than a raw L1 sum).
+        """
+
+    def allocate(self, model: nn.Module, scores: dict[str, torch.Tensor], ctx: Context) -> PruningPlan | None:
+        """A custom plan, or None to use the harness's allocation rule."""
+        return None
+
+    def rounds(self, ctx: Context) -> int:
+        """How many prune rounds (iterative pruning); fine-tuning runs between rounds."""
+        return 1
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        """Sample this method's hyperparameters from an Optuna trial; returns Config kwargs."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a resume (e.g. auxiliary variables)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+
+def config_from_params(config_cls: type, params: Mapping[str, Any], method: str) -> Any:
+    """Instantiate a method's frozen Config, rejecting unknown keys with the valid ones."""
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    for key in params:
+        if key not in valid:
+            hint = closest(key, valid)
+            suggestion = f" Did you mean '{hint}'?" if hint else ""
+            listed = ", ".join(sorted(valid)) or "none"
+            raise BenchError(f"unknown parameter '{key}' for method '{method}'.{suggestion} Valid: {listed}")
+    try:
+        return config_cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"bad parameters for method '{method}': {exc}") from exc

@@ -1,0 +1,248 @@
+"""``python -m bench``: list, profile, run and speed.
+
+Errors a user can cause print one line, ``error: ...``, and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from bench.errors import BenchError
+
+DATA_ENV = "BENCH_DATA_DIR"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2 like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=36)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="python -m bench",
+        formatter_class=_formatter,
+        description="Reproducible benchmark harness for structured pruning of CNNs.",
+        epilog="examples:\n  python -m bench list methods\n  python -m bench profile --model resnet56 --plan l1-a\n"
+        "  python -m bench run --methods l1,slim --model resnet20 --preset smoke --data-dir ../shared/data\n"
+        "  python -m bench speed --model resnet20 --data-dir ../shared/data",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_list(sub)
+    _add_profile(sub)
+    _add_run(sub)
+    _add_speed(sub)
+    return parser
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser(
+        "list",
+        help="list methods, models, datasets, presets or named plans",
+        formatter_class=_formatter,
+        epilog="examples:\n  python -m bench list methods\n  python -m bench list models",
+    )
+    p.add_argument("what", choices=["methods", "models", "datasets", "presets", "plans"])
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="params, FLOPs (MACs) and optionally latency of a model",
+        formatter_class=_formatter,
+        epilog="examples:\n  python -m bench profile --model resnet56\n"
+        "  python -m bench profile --model resnet56 --plan l1-b --latency\n"
+        "  python -m bench profile --model timm:resnet18 --dataset tinyimagenet --json",
+    )
+    p.add_argument("--model", required=True, help="a model name (see 'list models')")
+    p.add_argument("--dataset", default="cifar10", help="sets classes and input size (default cifar10)")
+    p.add_argument("--plan", help="apply a named pruning plan first, e.g. l1-a (see 'list plans')")
+    p.add_argument("--latency", action="store_true", help="also measure inference latency")
+    p.add_argument("--batch-size", type=int, default=64, help="latency batch size (default 64)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="latency device (default cpu)")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats after 10 warm-up runs (default 30)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train/reuse the dense baseline, run each method, print the table",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  python -m bench run --methods l1,slim --model resnet20 --preset smoke --data-dir ../shared/data\n"
+        "  python -m bench run --methods l1 --model resnet56 --plan l1-a --preset paper --seeds 0,1,2\n"
+        "  python -m bench run --methods slim --model vgg19 --set prune.channel_fraction=0.7 "
+        "--set method.slim.params.lam=1e-4\n\n"
+        "Settings layer as preset < --config FILE.toml < flags < --set key=value.\n"
+        f"The data root defaults to ${DATA_ENV}.",
+    )
+    p.add_argument("--methods", required=True, help="comma-separated method names (see 'list methods')")
+    p.add_argument("--model", required=True, help="a model name (see 'list models')")
+    p.add_argument("--dataset", help="cifar10 (default), cifar100, tinyimagenet or imagefolder:<path>")
+    p.add_argument("--preset", default="quick", help="smoke, quick (default), paper, or a copied preset .toml")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--target-flops-reduction", type=float, help="fraction of MACs to remove, in [0, 1)")
+    p.add_argument("--plan", help="a named pruning plan instead of a FLOPs target, e.g. l1-a")
+    p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite under results/)"
+    )
+    p.add_argument("--results-dir", help="where caches, checkpoints and the local stores live (default results/)")
+    p.add_argument("--experiment", help="MLflow experiment name (default 'bench')")
+    p.add_argument("--config", help="a TOML file of settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting, repeatable")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
+
+
+def _add_speed(sub) -> None:
+    p = sub.add_parser(
+        "speed",
+        help="benchmark: our loop vs bare PyTorch, batched augmentation vs DataLoader",
+        formatter_class=_formatter,
+        epilog="examples:\n  python -m bench speed --data-dir ../shared/data\n"
+        "  python -m bench speed --model resnet56 --steps 20 --json",
+    )
+    p.add_argument("--model", default="resnet20", help="model for the training-step comparison (default resnet20)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per loop per repeat (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats of each loop (default 3)")
+    p.add_argument("--images", type=int, default=4096, help="images for the data-pipeline comparison (default 4096)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline (default 2)")
+    p.add_argument("--data-dir", help=f"root holding cifar10-jpeg/ (default ${DATA_ENV})")
+    p.add_argument("--results-dir", default="results", help="for the decoded-image cache (default results/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from bench.registry import list_methods
+
+        listing = list_methods()
+    elif args.what == "models":
+        from bench.models import list_models
+
+        listing = list_models()
+    elif args.what == "datasets":
+        from bench.datasets import DATASETS
+
+        listing = DATASETS
+    elif args.what == "presets":
+        from bench.config import PRESETS, preset_path
+
+        listing = {name: preset_path(name).read_text().splitlines()[0].lstrip("# ") for name in PRESETS}
+    else:
+        from bench.named_plans import NAMED_PLANS
+
+        listing = {
+            f"{plan} ({model})": f"Li et al. 2017 {model} plan {plan[-1].upper()}" for model, plan in NAMED_PLANS
+        }
+    width = max(map(len, listing)) + 2
+    for name, description in listing.items():
+        print(f"{name:<{width}}{description}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from bench.profile import profile
+
+    report = profile(args.model, args.dataset, args.plan, args.latency, args.batch_size, args.device, args.repeats)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        from bench.profile import format_profile
+
+        print(format_profile(report))
+    return 0
+
+
+def run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The explicit CLI flags as a config layer (only what was given)."""
+    flags: dict[str, Any] = {"model": args.model, "methods": _split(args.methods)}
+    data: dict[str, Any] = {}
+    if args.dataset:
+        data["name"] = args.dataset
+    root = args.data_dir or os.environ.get(DATA_ENV)
+    if root:
+        data["root"] = root
+    if data:
+        flags["data"] = data
+    if args.seeds:
+        flags["seeds"] = [_int(s, "--seeds") for s in _split(args.seeds)]
+    prune = {}
+    if args.target_flops_reduction is not None:
+        prune["target_flops_reduction"] = args.target_flops_reduction
+    if args.plan:
+        prune["plan"] = args.plan
+    if prune:
+        flags["prune"] = prune
+    for key in ("tracking_uri", "results_dir", "experiment"):
+        if getattr(args, key):
+            flags[key] = getattr(args, key)
+    return flags
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BenchError(f"{flag} takes comma-separated integers, got '{text}'") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import config
+    from bench.runner import run
+
+    cfg = config.resolve(args.preset, args.config, run_flags(args), args.set)
+    if not cfg.methods:
+        raise BenchError("--methods is empty; name at least one method (see 'python -m bench list methods')")
+    run(cfg, progress=not args.no_progress)
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from bench.speed import format_speed, speed
+
+    report = speed(
+        args.model,
+        args.device,
+        args.batch_size,
+        args.steps,
+        args.repeats,
+        args.images,
+        args.workers,
+        args.data_dir or os.environ.get(DATA_ENV),
+        args.results_dir,
+    )
+    print(json.dumps(report, indent=1) if args.json else format_speed(report))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "profile": cmd_profile, "run": cmd_run, "speed": cmd_speed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

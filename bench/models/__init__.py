@@ -1,0 +1,80 @@
+"""Model registry, in the style of timm: ``create(name, num_classes, input_size)``.
+
+Our own CIFAR ResNets and VGGs are registered by name; any timm model is ``timm:<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from bench.errors import unknown_name
+from bench.models.cifar_resnet import CifarResNet
+from bench.models.timm_models import create_timm
+from bench.models.vgg import VGG16_CFG, VGG19_CFG, CifarVGG
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    factory: Callable[[int], nn.Module]  # num_classes -> model
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
+    """Decorator that registers a factory ``f(num_classes) -> nn.Module`` under ``name``."""
+
+    def wrap(factory: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = ModelEntry(name, description, factory)
+        return factory
+
+    return wrap
+
+
+for _depth, _params in ((20, "0.27M"), (32, "0.46M"), (56, "0.85M"), (110, "1.73M")):
+    register_model(f"resnet{_depth}", f"CIFAR ResNet-{_depth}, option-A shortcuts, {_params} params (He et al. 2016)")(
+        lambda n, d=_depth: CifarResNet(d, n)
+    )
+
+
+@register_model("vgg16", "CIFAR VGG-16 with BN and a 512-512 classifier, 14.99M params (Li et al. 2017)")
+def _vgg16(num_classes: int) -> nn.Module:
+    return CifarVGG(VGG16_CFG, num_classes, hidden=512)
+
+
+@register_model("vgg19", "CIFAR VGG-19 with BN and one linear layer, 20.04M params (Liu et al. 2017)")
+def _vgg19(num_classes: int) -> nn.Module:
+    return CifarVGG(VGG19_CFG, num_classes, hidden=None)
+
+
+def list_models() -> dict[str, str]:
+    """Registered names -> one-line description, plus the ``timm:<name>`` family."""
+    names = {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+    names[f"{TIMM_PREFIX}<name>"] = "any timm model, from scratch, stem adapted to 32/64 px inputs"
+    return names
+
+
+def validate_name(name: str) -> None:
+    """Raise a BenchError naming the valid models when ``name`` is not one (timm names are checked lazily)."""
+    if name not in _REGISTRY and not name.startswith(TIMM_PREFIX):
+        raise unknown_name("model", name, [*_REGISTRY, f"{TIMM_PREFIX}<name>"])
+
+
+def create(name: str, num_classes: int = 10, input_size: int = 32) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs for square inputs of ``input_size`` px."""
+    validate_name(name)
+    if name.startswith(TIMM_PREFIX):
+        model = create_timm(name[len(TIMM_PREFIX) :], num_classes, input_size)
+    else:
+        model = _REGISTRY[name].factory(num_classes)
+    model.bench_name = name
+    return model

@@ -1,0 +1,533 @@
+"""``bench run``: the pipeline of DESIGN.md, one function per box of the data flow.
+
+    config -> data -> dense baseline (trained or reused from the cache) -> per method and seed:
+    setup -> [sparsity training -> importance -> allocation -> surgery]* -> fine-tune -> measure
+    -> MLflow (parent run per invocation, nested run per method and seed) -> comparison table
+
+A killed invocation resumes: the parent MLflow run is found by the config hash, each phase resumes
+from its last epoch checkpoint, and finished (method, seed) pairs are not run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from bench import datasets, measure, models, provenance, registry, surgery
+from bench.api import Context, Method
+from bench.checkpoint import atomic_save, atomic_write_text, load
+from bench.config import RunConfig, stable_hash
+from bench.errors import BenchError
+from bench.plan import PruningPlan, load_plans, save_plans
+from bench.pruning import default_plan
+from bench.tracking import Tracker, resolve_tracking_uri
+from bench.training import (
+    FitResult,
+    Runtime,
+    eval_loader,
+    evaluate_splits,
+    fit,
+    resolve_device,
+    seconds_per_image,
+    seed_everything,
+)
+from reports.tables import comparison_table, format_table
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run keeps its files under the results dir (git ignores all of it)."""
+
+    root: Path
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def data_cache(self) -> Path:
+        return self.root / "cache" / "datasets"
+
+
+def prepare_results_dir(path: str) -> Paths:
+    """Create the results dir or fail with a one-line error if it cannot be written."""
+    root = Path(path).expanduser().resolve()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"results dir '{root}' is not writable ({exc.strerror}); pass --results-dir DIR") from exc
+    return Paths(root)
+
+
+@dataclass
+class Session:
+    """What every step of one invocation shares."""
+
+    cfg: RunConfig
+    paths: Paths
+    data: datasets.DatasetSplits
+    runtime: Runtime
+    tracker: Tracker
+    parent_id: str
+    say: Any = print
+
+
+def load_data(cfg: RunConfig, paths: Paths) -> datasets.DatasetSplits:
+    d = cfg.data
+    return datasets.build(
+        d.name,
+        d.root,
+        cache_dir=paths.data_cache,
+        val_size=d.val_size,
+        split_seed=d.split_seed,
+        train_limit=d.train_limit,
+        test_limit=d.test_limit,
+        download=d.download,
+    )
+
+
+def run(cfg: RunConfig, *, progress: bool = True, say: Any = print) -> pd.DataFrame:
+    """Run every method over every seed; returns one row per (method or dense, seed)."""
+    models.validate_name(cfg.model)
+    method_classes = {name: registry.get_method(name) for name in cfg.methods}
+    paths = prepare_results_dir(cfg.results_dir)
+    data = load_data(cfg, paths)
+    runtime = Runtime(
+        resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.eval_batch_size, cfg.data.augment, progress
+    )
+    tracker = Tracker(resolve_tracking_uri(cfg.tracking_uri, paths.root), cfg.experiment)
+    say(describe_plan(cfg, data, runtime, method_classes, paths))
+    parent_id = _start_parent(cfg, tracker, data)
+    session = Session(cfg, paths, data, runtime, tracker, parent_id, say)
+    try:
+        rows = []
+        for seed in cfg.seeds:
+            dense_state, dense_row = dense_baseline(session, seed)
+            rows.append(dense_row)
+            rows += [
+                run_method(session, name, cls, seed, dense_state, dense_row) for name, cls in method_classes.items()
+            ]
+        results = pd.DataFrame(rows)
+        _finish_parent(session, results)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        tracker.set_tags(parent_id, {"bench.error": repr(exc)[:500]})
+        tracker.end_run(parent_id, status)
+        raise
+    return results
+
+
+def _start_parent(cfg: RunConfig, tracker: Tracker, data: datasets.DatasetSplits) -> str:
+    name = f"{cfg.model} {cfg.data.name} {','.join(cfg.methods) or 'dense'}"
+    tags = {
+        "bench.kind": "run",
+        "bench.config_hash": cfg.digest(),
+        "bench.model": cfg.model,
+        "bench.dataset": cfg.data.name,
+        "bench.data_source": data.source,
+    }
+    parent_id = tracker.start_run(name, parent_id=None, key=f"run/{cfg.digest()}", tags=tags)
+    tracker.log_params(parent_id, cfg.to_dict())
+    tracker.set_tags(parent_id, provenance.environment())
+    tracker.log_dict(parent_id, cfg.to_dict(), "config.json")
+    return parent_id
+
+
+def _finish_parent(session: Session, results: pd.DataFrame) -> None:
+    table = comparison_table(results)
+    session.say("\n" + format_table(table, title=_table_title(session)))
+    session.tracker.log_table(session.parent_id, results, "results.json")
+    session.tracker.log_table(session.parent_id, table, "comparison_table.json")
+    session.tracker.end_run(session.parent_id, "FINISHED")
+    session.say(
+        f"\nMLflow: parent run {session.parent_id} in experiment '{session.cfg.experiment}' at {session.tracker.uri}"
+    )
+
+
+def _table_title(session: Session) -> str:
+    cfg, data = session.cfg, session.data
+    return (
+        f"{cfg.model} on {data.name} ({data.source}); test accuracy of the best-validation checkpoint, "
+        f"mean +- std over {len(cfg.seeds)} seed(s); FLOPs are {measure.FLOP_CONVENTION}"
+    )
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def describe_plan(cfg: RunConfig, data, runtime: Runtime, methods: dict[str, type[Method]], paths: Paths) -> str:
+    """The planned work (phases, epochs, images) and an estimate from measured throughput."""
+    phases = _phases(cfg, methods)
+    train_images = sum(epochs * len(data.train) for _, epochs in phases) * len(cfg.seeds)
+    eval_images = sum(epochs for _, epochs in phases) * (len(data.val) + len(data.test)) * len(cfg.seeds)
+    probe = models.create(cfg.model, data.num_classes, data.input_size)
+    spi = seconds_per_image(probe, data, cfg.dense.batch_size, runtime)
+    estimate = spi * (train_images + eval_images / 3)  # a forward pass is about a third of a training step
+    lines = [
+        f"plan: {cfg.model} on {data.name} [{data.source}]",
+        f"  images: train {len(data.train):,} / val {len(data.val):,} / test {len(data.test):,}; "
+        f"seeds {','.join(map(str, cfg.seeds))}; device {runtime.device}; pruning rule {cfg.prune.rule}",
+        f"  {'phase':<34}{'epochs':>7}{'train images':>14}",
+    ]
+    for name, epochs in phases:
+        lines.append(f"  {name:<34}{epochs:>7}{epochs * len(data.train):>14,}")
+    lines.append(
+        f"  total per seed x {len(cfg.seeds)} seed(s): {train_images:,} training + {eval_images:,} eval "
+        f"images; measured {spi * 1e3:.2f} ms per training image -> estimated {_duration(estimate)} "
+        "(cached baselines are skipped)"
+    )
+    return "\n".join(lines)
+
+
+def _phases(cfg: RunConfig, methods: dict[str, type[Method]]) -> list[tuple[str, int]]:
+    phases = [("dense baseline (cached if present)", cfg.dense.epochs)]
+    for name, cls in methods.items():
+        if cls.sparsity_training:
+            phases.append((f"{name}: sparsity training", cfg.sparsity_schedule(name).epochs))
+        phases.append((f"{name}: fine-tune", cfg.finetune_schedule(name).epochs))
+    return phases
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- dense baseline ------------------------------------------------------------------------------
+
+
+def baseline_key(cfg: RunConfig, data: datasets.DatasetSplits, runtime: Runtime, seed: int) -> str:
+    """Hash of everything that determines the dense baseline."""
+    return stable_hash(
+        {
+            "model": cfg.model,
+            "num_classes": data.num_classes,
+            "input_size": data.input_size,
+            "data": {**cfg.to_dict()["data"], "root": None, "source": data.source},
+            "schedule": cfg.to_dict()["dense"],
+            "seed": seed,
+            "deterministic": cfg.deterministic,
+            "device": runtime.device.type,
+            "amp": runtime.amp and runtime.device.type == "cuda",
+            "torch": torch.__version__.split("+")[0],
+        }
+    )
+
+
+def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run."""
+    cfg, data = session.cfg, session.data
+    key = baseline_key(cfg, data, session.runtime, seed)
+    folder = session.paths.baselines / key
+    run_id = session.tracker.start_run(
+        f"dense seed {seed}",
+        parent_id=session.parent_id,
+        key=f"{session.parent_id}/dense/s{seed}",
+        tags={"bench.method": "dense", "bench.seed": str(seed), "bench.baseline_key": key},
+    )
+    reused = (folder / "meta.json").exists()
+    if reused:
+        session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
+    else:
+        _train_baseline(session, seed, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    state = load(folder / "model.pt")
+    row = _row("dense", seed, meta["test_acc"], meta["best_val_acc"], meta["params"], meta["macs"], meta, meta)
+    _log_finished(
+        session,
+        run_id,
+        row,
+        meta["history"],
+        {"bench.baseline_reused": str(reused).lower()},
+        artifacts=[folder / "model.pt"],
+    )
+    return state, row
+
+
+def _train_baseline(session: Session, seed: int, folder: Path) -> None:
+    cfg, data = session.cfg, session.data
+    session.say(f"dense baseline seed {seed}: training {cfg.dense.epochs} epochs -> {folder}")
+    seed_everything(seed, cfg.deterministic)
+    model = models.create(cfg.model, data.num_classes, data.input_size)
+    result = fit(
+        model, data, cfg.dense, session.runtime, seed=seed, checkpoint=folder / "train.ckpt", desc=f"dense s{seed}"
+    )
+    cost = measure.cost(model.cpu(), data.input_size)
+    atomic_save(model.state_dict(), folder / "model.pt")
+    meta = {
+        "test_acc": result.test_acc,
+        "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "params": cost.params,
+        "macs": cost.macs,
+        "seconds": result.seconds,
+        "history": result.history,
+        "data_source": data.source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(json.dumps(meta, indent=1), folder / "meta.json")  # written last: marks the cache complete
+    (folder / "train.ckpt").unlink(missing_ok=True)
+
+
+# --- one method, one seed ------------------------------------------------------------------------
+
+
+def run_method(
+    session: Session, name: str, cls: type[Method], seed: int, dense_state: dict, dense_row: dict[str, Any]
+) -> dict[str, Any]:
+    """The method's whole pipeline for one seed, resumable phase by phase."""
+    workdir = session.paths.runs / session.parent_id / f"{name}-s{seed}"
+    done = workdir / "result.json"
+    if done.exists():
+        session.say(f"{name} seed {seed}: already finished in this run, skipping")
+        return json.loads(done.read_text())
+    cfg, data = session.cfg, session.data
+    run_id = session.tracker.start_run(
+        f"{name} seed {seed}",
+        parent_id=session.parent_id,
+        key=f"{session.parent_id}/{name}/s{seed}",
+        tags={"bench.method": name, "bench.seed": str(seed)},
+    )
+    seed_everything(seed, cfg.deterministic)
+    method = cls.from_params(cfg.method_params(name))
+    model = models.create(cfg.model, data.num_classes, data.input_size)
+    if cls.start == "dense":
+        model.load_state_dict(dense_state)
+    ctx = _context(session, model, seed)
+    method.setup(model, ctx)
+    session.tracker.log_params(run_id, _method_params(cfg, name, method))
+    history: list[dict[str, float]] = []
+    plans = _prune_rounds(session, name, method, model, ctx, workdir, run_id, history)
+    final = _finetune(session, name, method, model, ctx, workdir, run_id, history)
+    row = _measure(session, name, seed, model, final, dense_row)
+    save_plans(plans, workdir / "plans.json")
+    atomic_save(model.state_dict(), workdir / "model.pt")
+    _log_finished(session, run_id, row, [], {}, artifacts=[workdir / "plans.json", workdir / "model.pt"])
+    atomic_write_text(json.dumps(row, indent=1), done)
+    return row
+
+
+def _context(session: Session, model: nn.Module, seed: int) -> Context:
+    generator = torch.Generator().manual_seed(seed)
+    return Context(
+        session.cfg.model,
+        surgery.prunable_units(model, session.data.input_size),
+        session.runtime.device,
+        seed,
+        generator,
+        session.data,
+        session.data.input_size,
+    )
+
+
+def _method_params(cfg: RunConfig, name: str, method: Method) -> dict[str, Any]:
+    return {
+        "method": name,
+        "method_config": method.config_dict(),
+        "sparsity": cfg.to_dict()["sparsity"] or "dense",
+        "finetune_schedule": asdict(cfg.finetune_schedule(name)),
+        "prune": cfg.to_dict()["prune"],
+    }
+
+
+def _prune_rounds(session, name, method, model, ctx, workdir, run_id, history) -> list[PruningPlan]:
+    """Sparsity training, importance, allocation and surgery, for each round; resumable per round."""
+    plans = _restore_rounds(session, model, ctx, workdir)
+    original_macs = measure.count_macs(
+        models.create(session.cfg.model, session.data.num_classes, session.data.input_size), session.data.input_size
+    )
+    rounds = method.rounds(ctx)
+    ctx.rounds = rounds
+    for r in range(len(plans), rounds):
+        ctx.round = r
+        if method.sparsity_training:
+            ctx.phase = "sparsity"
+            _fit_phase(
+                session,
+                name,
+                method,
+                model,
+                ctx,
+                session.cfg.sparsity_schedule(name),
+                workdir / f"r{r}-sparsity.ckpt",
+                f"{name} sparsity r{r}",
+                run_id,
+                history,
+            )
+        plan = _prune_once(session, method, model, ctx, r, rounds, original_macs)
+        plans.append(plan)
+        if r < rounds - 1:
+            ctx.phase = "finetune"
+            _fit_phase(
+                session,
+                name,
+                method if method.finetune_hooks else None,
+                model,
+                ctx,
+                session.cfg.finetune_schedule(name),
+                workdir / f"r{r}-finetune.ckpt",
+                f"{name} fine-tune r{r}",
+                run_id,
+                history,
+            )
+        save_plans(plans, workdir / "plans.json")
+        atomic_save({"model": model.state_dict(), "method": method.state_dict()}, workdir / f"r{r}-done.pt")
+    return plans
+
+
+def _restore_rounds(session: Session, model: nn.Module, ctx: Context, workdir: Path) -> list[PruningPlan]:
+    """Replay the rounds a killed invocation completed (plans + weights after each round)."""
+    if not (workdir / "plans.json").exists():
+        return []
+    plans = load_plans(workdir / "plans.json")
+    for plan in plans:
+        surgery.apply(model, plan, session.data.input_size)
+    saved = load(workdir / f"r{len(plans) - 1}-done.pt")
+    model.load_state_dict(saved["model"])
+    ctx.units = surgery.prunable_units(model, session.data.input_size)
+    session.say(f"resuming after {len(plans)} completed prune round(s) from {workdir}")
+    return plans
+
+
+def _prune_once(session, method, model, ctx, r, rounds, original_macs) -> PruningPlan:
+    ctx.phase = "prune"
+    model.eval()
+    scores = method.importance(model, ctx)
+    plan = method.allocate(model, scores, ctx)
+    if plan is None:
+        plan = default_plan(
+            session.cfg.prune,
+            session.cfg.model,
+            model,
+            ctx.units,
+            scores,
+            backend=surgery.backend_of(model),
+            input_size=session.data.input_size,
+            round_index=r,
+            rounds=rounds,
+            original_macs=original_macs,
+        )
+    surgery.apply(model, plan, session.data.input_size)
+    ctx.units = surgery.prunable_units(model, session.data.input_size)
+    return plan
+
+
+def _finetune(session, name, method, model, ctx, workdir, run_id, history) -> FitResult:
+    ctx.phase = "finetune"
+    schedule = session.cfg.finetune_schedule(name)
+    hooks = method if method.finetune_hooks else None
+    return _fit_phase(
+        session, name, hooks, model, ctx, schedule, workdir / "finetune.ckpt", f"{name} fine-tune", run_id, history
+    )
+
+
+def _fit_phase(session, name, method, model, ctx, schedule, checkpoint, desc, run_id, history) -> FitResult:
+    phase = ctx.phase
+    offset = len(history)
+
+    def log_epoch(epoch: int, stats: dict[str, float]) -> None:
+        history.append({"phase": phase, **stats})
+        session.tracker.log_metrics(run_id, {f"{phase}/{k}": v for k, v in stats.items()}, step=offset + epoch)
+
+    ctx.step = 0
+    result = fit(
+        model,
+        session.data,
+        schedule,
+        session.runtime,
+        seed=ctx.seed,
+        method=method,
+        ctx=ctx,
+        checkpoint=checkpoint,
+        desc=f"{desc} s{ctx.seed}",
+        on_epoch=log_epoch,
+    )
+    if schedule.epochs == 0:  # nothing trained: evaluate the model as it stands
+        stats = evaluate_splits(
+            model,
+            eval_loader(session.data.val, session.data, session.runtime),
+            eval_loader(session.data.test, session.data, session.runtime),
+            session.runtime,
+        )
+        result = FitResult(-1, stats["val_acc"], stats["test_acc"], stats["val_acc"])
+    return result
+
+
+def _measure(
+    session: Session, name: str, seed: int, model: nn.Module, final: FitResult, dense: dict[str, Any]
+) -> dict[str, Any]:
+    cost = measure.cost(model.cpu(), session.data.input_size)
+    model.to(session.runtime.device)
+    extra: dict[str, Any] = {}
+    if session.cfg.latency:
+        lat = measure.measure_latency(
+            model, session.data.input_size, session.cfg.latency_batch_size, session.runtime.device
+        )
+        extra = {f"latency_{k}": v for k, v in lat.as_dict().items()}
+    return _row(name, seed, final.test_acc, final.best_val_acc, cost.params, cost.macs, dense, extra)
+
+
+def _row(
+    method: str,
+    seed: int,
+    test_acc: float,
+    val_acc: float,
+    params: int,
+    macs: int,
+    dense: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    row = {
+        "method": method,
+        "seed": seed,
+        "test_acc": test_acc,
+        "best_val_acc": val_acc,
+        "params": params,
+        "macs": macs,
+        "dense_test_acc": dense["test_acc"],
+        "dense_params": dense["params"],
+        "dense_macs": dense["macs"],
+    }
+    row["acc_change"] = row["test_acc"] - row["dense_test_acc"]
+    row["params_reduction"] = 1 - params / row["dense_params"]
+    row["flops_reduction"] = 1 - macs / row["dense_macs"]
+    row.update({k: v for k, v in extra.items() if k.startswith("latency_")})
+    return row
+
+
+def _log_finished(
+    session: Session,
+    run_id: str,
+    row: dict[str, Any],
+    history: list[dict[str, float]],
+    tags: dict[str, str],
+    artifacts: list[Path],
+) -> None:
+    tracker = session.tracker
+    for step, stats in enumerate(history):
+        tracker.log_metrics(run_id, {f"dense/{k}": v for k, v in stats.items() if isinstance(v, int | float)}, step)
+    numeric = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    tracker.log_metrics(run_id, numeric, step=None)
+    tracker.set_tags(run_id, {**tags, **provenance.environment()})
+    tracker.log_dict(run_id, session.cfg.to_dict(), "config.json")
+    for path in artifacts:
+        tracker.log_artifact(run_id, path)
+    tracker.end_run(run_id, "FINISHED")

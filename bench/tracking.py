@@ -1,0 +1,434 @@
+"""A thin layer over ``MlflowClient`` with explicit run ids.
+
+Why not the fluent API (``mlflow.start_run``): it keeps one global active run per process, which
+makes nested runs (a method run under a sweep or a comparison) and resuming a killed run implicit
+and order-dependent. Every call here names its run id instead.
+
+Why run keys: a run is identified by the caller's ``key`` (for example the resolved config's hash)
+in the ``bench.key`` tag. Starting the same key again after a kill reuses the unfinished MLflow run
+instead of leaving a dead duplicate next to a new one, so the store holds one run per piece of work.
+
+Stores: the default is an embedded sqlite database under ``results/`` with artifacts beside it in
+``results/mlartifacts``. A team points ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``) at an MLflow
+server, which then decides where artifacts go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pandas as pd
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+from bench.errors import BenchError
+
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+KEY_TAG = "bench.key"
+RESUMES_TAG = "bench.resumes"  # how many times the run was picked up again after a kill
+PARENT_TAG = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": what the MLflow UI nests runs by
+ENV_URI = "MLFLOW_TRACKING_URI"
+
+EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
+_END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_TRUNCATED = "...[truncated]"
+_T = TypeVar("_T")
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    """The embedded store: ``sqlite:///<absolute results_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(results_dir).expanduser().resolve() / DB_FILE}"
+
+
+def resolve_tracking_uri(uri: str | None, results_dir: Path) -> str:
+    """Pick the store: explicit ``--tracking-uri``, then ``$MLFLOW_TRACKING_URI``, then the default."""
+    return uri or os.environ.get(ENV_URI) or default_tracking_uri(results_dir)
+
+
+def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings (and dataclass instances) into dotted keys: ``{"dense.epochs": 160}``.
+
+    MLflow params are a flat string map; dotted keys keep the config's structure readable and
+    searchable (``params."dense.epochs" = '160'``).
+    """
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        params = dataclasses.asdict(params)
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        nested = isinstance(value, Mapping) or (dataclasses.is_dataclass(value) and not isinstance(value, type))
+        if nested and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _truncate(value: str, limit: int) -> str:
+    """Cut ``value`` to ``limit`` characters with a visible marker (MLflow rejects longer values)."""
+    return value if len(value) <= limit else value[: limit - len(_TRUNCATED)] + _TRUNCATED
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for other schemes and in-memory databases."""
+    if not uri.startswith("sqlite:///"):  # also excludes "sqlite://", SQLAlchemy's in-memory form
+        return None
+    raw = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if raw in ("", ":memory:"):
+        return None
+    return Path(raw).expanduser().resolve()
+
+
+def _check_writable(db: Path, uri: str) -> None:
+    """Fail with a one-line hint before MLflow turns an unwritable path into a SQLAlchemy traceback."""
+    fix = f"make it writable, or point --tracking-uri (or ${ENV_URI}) at another store"
+    directory = db.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BenchError(f"cannot create the tracking directory {directory} for {uri} ({reason}); {fix}") from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BenchError(f"the tracking directory {directory} is not writable (store {uri}); {fix}")
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise BenchError(f"the tracking database {db} is not writable; {fix}")
+
+
+def _check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on an unreachable server: MLflow's own client retries for minutes before failing."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # the server answered (perhaps 401 behind auth): it is reachable
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BenchError(
+            f"the MLflow server {uri} is not reachable ({reason}); start it, or fix --tracking-uri (or ${ENV_URI})"
+        ) from exc
+
+
+def _quote(value: str) -> str:
+    """Quote a value for an MLflow search filter; rejects quotes, which the filter grammar can't escape."""
+    if any(ch in value for ch in "'\"\\"):
+        raise ValueError(f"run keys and ids must not contain quotes or backslashes: {value!r}")
+    return f"'{value}'"
+
+
+class Tracker:
+    """One MLflow experiment in one store, addressed by explicit run ids.
+
+    Construct it in the parent process before starting workers: creating the experiment also
+    creates the sqlite schema, and concurrent first-time migrations race. Workers then construct
+    their own ``Tracker`` with the same arguments, which only looks the experiment up.
+    """
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.experiment_name = experiment
+        self._resumed: set[str] = set()
+        db = _sqlite_path(uri)
+        if db is not None:
+            _check_writable(db, uri)
+        elif uri.startswith(("http://", "https://")):
+            _check_server(uri)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = self._ensure_experiment(db)
+        except BenchError:
+            raise
+        except Exception as exc:  # store construction: every failure here is a bad URI or store
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BenchError(
+                f"cannot open the MLflow tracking store {uri!r}: {first_line}; use sqlite:///<file>.db, "
+                f"a directory, or http(s)://host:port via --tracking-uri (or ${ENV_URI})"
+            ) from exc
+
+    def _ensure_experiment(self, db: Path | None) -> str:
+        """Get or create the experiment; a local sqlite store keeps its artifacts beside the DB."""
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        if found is None:
+            location = (db.parent / ARTIFACT_DIR).as_uri() if db is not None else None
+            try:
+                return self.client.create_experiment(self.experiment_name, artifact_location=location)
+            except MlflowException:  # another process created it between get and create
+                found = self.client.get_experiment_by_name(self.experiment_name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage != "active":
+            raise BenchError(
+                f"MLflow experiment '{self.experiment_name}' (id {found.experiment_id}) is deleted in "
+                f"{self.uri}; restore it with `mlflow experiments restore --experiment-id "
+                f"{found.experiment_id}` or choose another experiment name"
+            )
+        return found.experiment_id
+
+    # ----------------------------------------------------------------------------------- runs
+
+    def start_run(
+        self,
+        name: str,
+        *,
+        parent_id: str | None = None,
+        key: str,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Start the run for ``key`` under ``parent_id``, or resume its unfinished one.
+
+        An unfinished run (RUNNING, FAILED, KILLED: an invocation that was killed or crashed) with the
+        same key and parent is set RUNNING again and returned, so a rerun after a kill never leaves a
+        duplicate. A FINISHED run with the key does not block a new run: that is a deliberate repeat.
+        """
+        tags = dict(tags or {})
+        unfinished = [r for r in self._runs_with_key(key, parent_id) if r.info.status != "FINISHED"]
+        if unfinished:
+            run = unfinished[0]  # newest first
+            run_id = run.info.run_id
+            resumes = int(run.data.tags.get(RESUMES_TAG, "0")) + 1
+            self.client.update_run(run_id, status="RUNNING")
+            self.set_tags(run_id, {**tags, RESUMES_TAG: str(resumes)})
+            self._resumed.add(run_id)
+            return run_id
+        tags[KEY_TAG] = key
+        if parent_id is not None:
+            tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        return run.info.run_id
+
+    def was_resumed(self, run_id: str) -> bool:
+        """Whether ``start_run`` returned this id by resuming an unfinished run (in this Tracker)."""
+        return run_id in self._resumed
+
+    def find_finished(self, key: str, *, parent_id: str | None = None) -> str | None:
+        """The newest FINISHED run with ``key`` under ``parent_id``, or None: lets callers skip work."""
+        finished = [r for r in self._runs_with_key(key, parent_id) if r.info.status == "FINISHED"]
+        return finished[0].info.run_id if finished else None
+
+    def _runs_with_key(self, key: str, parent_id: str | None) -> list[Run]:
+        """Active (not deleted) runs with the key and exactly this parent, newest first."""
+        query = f"tags.`{KEY_TAG}` = {_quote(key)}"
+        if parent_id is not None:
+            query += f" and tags.`{PARENT_TAG}` = {_quote(parent_id)}"
+        runs = self._search(query, order_by=["attributes.start_time DESC"])
+        return [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_id]
+
+    def _search(self, query: str, order_by: list[str] | None = None) -> list[Run]:
+        """All runs of the experiment matching ``query``, following pagination."""
+        found: list[Run] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], query, max_results=1000, order_by=order_by, page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+    def end_run(self, run_id: str, status: EndStatus = "FINISHED") -> None:
+        """Mark the run terminated; a run left RUNNING or FAILED/KILLED is resumable by its key."""
+        if status not in _END_STATUSES:
+            raise ValueError(f"end status must be one of {', '.join(_END_STATUSES)}, got {status!r}")
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------------------- params and tags
+
+    def log_params(self, run_id: str, params: Mapping[str, Any] | Any) -> None:
+        """Log (nested) params as flat strings; re-logging identical values on resume is a no-op.
+
+        MLflow refuses to change a param's value. A different value for a key the run already has
+        means the config changed between the killed invocation and this one, so that is an error
+        rather than a silent mix of two configs in one run.
+        """
+        flat = {k: _truncate(str(v), MAX_PARAM_VAL_LENGTH) for k, v in flatten(params).items()}
+        existing = self.client.get_run(run_id).data.params
+        changed = {k: (existing[k], v) for k, v in flat.items() if k in existing and existing[k] != v}
+        if changed:
+            shown = "; ".join(f"{k}: logged {old!r}, now {new!r}" for k, (old, new) in changed.items())
+            raise BenchError(
+                f"run {run_id} already has different values for {len(changed)} param(s) ({shown}); "
+                "the config changed since this run started: restore it, or use a new run key"
+            )
+        new = [Param(k, v) for k, v in flat.items() if k not in existing]
+        for chunk in _chunks(new, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set string tags (overwriting), in batches of MLflow's per-request limit."""
+        items = [RunTag(k, _truncate(str(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, tags=chunk)
+
+    # --------------------------------------------------------------------------------- metrics
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log one step's metrics in a single ``log_batch`` request (per 1000 metrics)."""
+        now = int(time.time() * 1000)
+        self.send_metrics(run_id, [Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def send_metrics(self, run_id: str, metrics: Sequence[Metric]) -> None:
+        """Send prepared ``Metric`` entities in ``log_batch`` calls of at most 1000."""
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def metric_buffer(self, run_id: str, size: int = MAX_METRICS_PER_BATCH) -> MetricBuffer:
+        """A buffer that collects per-epoch metrics and sends them ``size`` at a time."""
+        return MetricBuffer(self, run_id, size)
+
+    def history(self, run_id: str, key: str) -> pd.DataFrame:
+        """Every logged value of one metric: columns step, value, timestamp (ms), sorted by step."""
+        rows = [(m.step, m.value, m.timestamp) for m in self.client.get_metric_history(run_id, key)]
+        frame = pd.DataFrame(rows, columns=["step", "value", "timestamp"])
+        return frame.sort_values(["step", "timestamp"], ignore_index=True)
+
+    # ------------------------------------------------------------------------------- artifacts
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        """Store a JSON (or YAML, by extension) artifact, e.g. the resolved config or the plan."""
+        self.client.log_dict(run_id, obj, artifact_file)
+
+    def log_artifact(self, run_id: str, local_path: Path | str, artifact_path: str | None = None) -> None:
+        """Upload a file, or a directory's contents, under ``artifact_path`` of the run."""
+        path = Path(local_path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_table(self, run_id: str, df: pd.DataFrame, artifact_file: str) -> None:
+        """Store a DataFrame as an MLflow table artifact (``.json`` or ``.parquet``), replacing it.
+
+        MLflow's ``log_table`` appends to an existing artifact of the same name. A resumed run
+        re-logs its tables, and appending would duplicate their rows, so an existing table is
+        overwritten in MLflow's own format (pandas ``split`` JSON or parquet) instead.
+        """
+        directory, _, filename = artifact_file.rpartition("/")
+        present = {a.path for a in self.client.list_artifacts(run_id, directory or None)}
+        if artifact_file not in present:
+            self.client.log_table(run_id, data=df, artifact_file=artifact_file)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / filename
+            if filename.endswith(".parquet"):
+                df.to_parquet(local, index=False)
+            else:
+                df.to_json(local, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(run_id, str(local), directory or None)
+
+    # --------------------------------------------------------------------------------- reading
+
+    def load_table(self, run_id: str, artifact_file: str) -> pd.DataFrame:
+        """Read back a table written by ``log_table``.
+
+        Not ``MlflowClient.load_table``: in MLflow 3.17 it searches runs through the fluent API,
+        i.e. the process-global tracking URI, not this client's store (by default it then creates
+        ``./mlflow.db`` in the working directory).
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(self.client.download_artifacts(run_id, artifact_file, tmp))
+            if local.suffix == ".parquet":
+                return pd.read_parquet(local)
+            return pd.read_json(local, orient="split")
+
+    def runs(self, parent_id: str | None) -> pd.DataFrame:
+        """Runs under ``parent_id`` (top-level runs for None) as one row each, newest first.
+
+        Columns follow ``mlflow.search_runs``: run_id, run_name, status, start_time, end_time, then
+        ``metrics.*`` (latest value), ``params.*`` and ``tags.*``.
+        """
+        newest = ["attributes.start_time DESC"]
+        if parent_id is None:
+            found = [r for r in self._search("", newest) if PARENT_TAG not in r.data.tags]
+        else:
+            found = self._search(f"tags.`{PARENT_TAG}` = {_quote(parent_id)}", newest)
+        return _runs_frame(found)
+
+
+class MetricBuffer:
+    """Collects metrics over steps (epochs) and sends them in few ``log_batch`` requests.
+
+    Against a remote server each request costs a round trip, so per-epoch metrics are buffered and
+    sent when ``size`` accumulate, on ``flush()``, and when the ``with`` block exits. Timestamps are
+    taken when a value is added, so the wall-clock axis stays right.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, size: int = MAX_METRICS_PER_BATCH) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+        self.size = max(1, min(size, MAX_METRICS_PER_BATCH))
+        self._pending: list[Metric] = []
+
+    def add(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Queue one step's metrics; sends a batch once ``size`` metrics are pending."""
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+        if len(self._pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send everything pending."""
+        pending, self._pending = self._pending, []
+        self.tracker.send_metrics(self.run_id, pending)
+
+    def __enter__(self) -> MetricBuffer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.flush()
+
+
+def _runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """Flatten MLflow ``Run`` entities into the ``mlflow.search_runs`` column layout."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+        }
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        rows.append(row)
+    base = ["run_id", "run_name", "status", "start_time", "end_time"]
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=base)
+    for column in ("start_time", "end_time"):
+        frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
+    return frame
+
+
+__all__ = [
+    "ARTIFACT_DIR",
+    "KEY_TAG",
+    "PARENT_TAG",
+    "RESUMES_TAG",
+    "MetricBuffer",
+    "Tracker",
+    "default_tracking_uri",
+    "flatten",
+    "resolve_tracking_uri",
+]

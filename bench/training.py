@@ -1,0 +1,382 @@
+"""The one training loop, used for the dense baseline, sparsity training and fine-tuning.
+
+Compact in the style of airbench: batches come from uint8 tensors already on the device, the
+augmentation is batched, and nothing inside the step synchronises with the host (losses and
+correct counts accumulate on the device and are read once per epoch). On CUDA the step runs under
+bf16 autocast with channels_last. Each epoch ends with an evaluation on val and test (test is
+logged, never used for selection) and an atomic checkpoint, so a killed run resumes from the last
+completed epoch. The returned model holds the weights of the best-validation epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.api import Context, Method
+from bench.augment import BatchLoader, default_padding
+from bench.checkpoint import atomic_save, load
+from bench.config import Schedule
+from bench.datasets import DatasetSplits, Split
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the loop runs. ``amp`` (bf16) and ``channels_last`` apply on CUDA only."""
+
+    device: torch.device
+    amp: bool = True
+    channels_last: bool = True
+    eval_batch_size: int = 512
+    augment: bool = True
+    progress: bool = True
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda" and self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        use = self.device.type == "cuda" and self.channels_last
+        return torch.channels_last if use else torch.contiguous_format
+
+
+@dataclass
+class FitResult:
+    """Outcome of one phase. Accuracies are fractions in [0, 1]; ``test_acc`` is at the best-val epoch."""
+
+    best_epoch: int = -1
+    best_val_acc: float = float("nan")
+    test_acc: float = float("nan")
+    final_val_acc: float = float("nan")
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}best_val_acc": self.best_val_acc,
+            f"{prefix}test_acc": self.test_acc,
+            f"{prefix}best_epoch": float(self.best_epoch),
+            f"{prefix}seconds": self.seconds,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from bench.errors import BenchError
+
+        raise BenchError("device 'cuda' requested but no CUDA device is available; use --set device=\"cpu\"")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; ``deterministic`` also forces deterministic kernels (slower)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+
+
+def lr_factor(schedule: Schedule, epoch: int) -> float:
+    """Multiplier of the base lr during ``epoch`` (0-based)."""
+    if schedule.warmup_epochs and epoch < schedule.warmup_epochs:
+        return (epoch + 1) / (schedule.warmup_epochs + 1)
+    if schedule.schedule == "constant":
+        return 1.0
+    if schedule.schedule == "cosine":
+        span = max(schedule.epochs - schedule.warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - schedule.warmup_epochs) / span))
+    passed = sum(epoch >= round(m * schedule.epochs) for m in schedule.milestones)
+    return schedule.gamma**passed
+
+
+def make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        nesterov=schedule.nesterov and schedule.momentum > 0,
+        weight_decay=schedule.weight_decay,
+    )
+
+
+def eval_loader(split: Split, data: DatasetSplits, runtime: Runtime) -> BatchLoader:
+    return BatchLoader(
+        split,
+        runtime.eval_batch_size,
+        shuffle=False,
+        augment=False,
+        mean=data.mean,
+        std=data.std,
+        device=runtime.device,
+        seed=0,
+        channels_last=runtime.channels_last,
+    )
+
+
+def train_loader(data: DatasetSplits, schedule: Schedule, runtime: Runtime, seed: int) -> BatchLoader:
+    return BatchLoader(
+        data.train,
+        schedule.batch_size,
+        shuffle=True,
+        augment=runtime.augment,
+        mean=data.mean,
+        std=data.std,
+        device=runtime.device,
+        seed=seed,
+        padding=default_padding(data.input_size),
+        channels_last=runtime.channels_last,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, runtime: Runtime) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction) over the loader's split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    count = 0
+    for x, y in loader:
+        with runtime.autocast:
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    model.train(was_training)
+    return (loss_sum.item() / max(count, 1), correct.item() / max(count, 1))
+
+
+class FeatureCapture:
+    """Forward hooks that collect the outputs of named modules during the loss's own forward pass."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.features: list[torch.Tensor] = []
+        self._handles = [model.get_submodule(n).register_forward_hook(self._keep) for n in names]
+
+    def _keep(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self.features.append(output)
+
+    def take(self) -> list[torch.Tensor]:
+        features, self.features = self.features, []
+        return features
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint restores."""
+
+    epoch: int = -1  # last completed epoch
+    result: FitResult = field(default_factory=FitResult)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def fit(
+    model: nn.Module,
+    data: DatasetSplits,
+    schedule: Schedule,
+    runtime: Runtime,
+    *,
+    seed: int,
+    method: Method | None = None,
+    ctx: Context | None = None,
+    checkpoint: Path | None = None,
+    desc: str = "train",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place for ``schedule.epochs``; it ends holding the best-val weights."""
+    model.to(runtime.device, memory_format=runtime.memory_format)
+    optimizer = make_optimizer(model, schedule)
+    loader = train_loader(data, schedule, runtime, seed)
+    val_loader, test_loader = eval_loader(data.val, data, runtime), eval_loader(data.test, data, runtime)
+    state = _restore(checkpoint, model, optimizer, method)
+    capture = FeatureCapture(model, method.feature_modules(model)) if method else None
+    if ctx is not None:
+        ctx.epochs, ctx.steps_per_epoch, ctx.train_size = schedule.epochs, len(loader), len(data.train)
+    total = schedule.epochs * len(loader)
+    bar = tqdm(
+        total=total,
+        initial=(state.epoch + 1) * len(loader),
+        desc=desc,
+        unit="step",
+        disable=not runtime.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(state.epoch + 1, schedule.epochs):
+            stats = _train_epoch(model, loader, optimizer, schedule, runtime, epoch, method, ctx, capture, bar)
+            stats.update(evaluate_splits(model, val_loader, test_loader, runtime))
+            _select(state, model, epoch, stats)
+            state.epoch = epoch
+            state.result.history.append(stats)
+            _save(checkpoint, state, model, optimizer, method)
+            _summary_line(bar, desc, epoch, schedule.epochs, stats)
+            if on_epoch:
+                on_epoch(epoch, stats)
+    finally:
+        bar.close()
+        if capture:
+            capture.close()
+    return _finish(state, model)
+
+
+def _train_epoch(model, loader, optimizer, schedule, runtime, epoch, method, ctx, capture, bar) -> dict[str, float]:
+    model.train()
+    loader.set_epoch(epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = schedule.lr * lr_factor(schedule, epoch)
+    if ctx is not None:
+        ctx.epoch = epoch
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    seen, start = 0, time.perf_counter()
+    for x, y in loader:
+        with runtime.autocast:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=schedule.label_smoothing)
+            if method is not None:
+                extra = method.regularization(model, capture.take(), ctx)
+                if extra is not None:
+                    loss = loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if method is not None:
+            method.after_backward(model, ctx)
+        optimizer.step()
+        if method is not None:
+            method.after_step(model, ctx)
+            ctx.step += 1
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(1)
+    seconds = time.perf_counter() - start
+    train_loss = loss_sum.item() / max(seen, 1)  # the epoch's one host sync
+    if not math.isfinite(train_loss):
+        raise DivergedError(f"training loss became {train_loss} in epoch {epoch} of '{bar.desc}'")
+    if method is not None:
+        method.on_epoch_end(model, ctx)
+    lr = optimizer.param_groups[0]["lr"]
+    return {
+        "train_loss": train_loss,
+        "train_acc": correct.item() / max(seen, 1),
+        "lr": lr,
+        "epoch_seconds": seconds,
+        "images_per_s": seen / max(seconds, 1e-9),
+    }
+
+
+def evaluate_splits(model, val_loader, test_loader, runtime) -> dict[str, float]:
+    val_loss, val_acc = evaluate(model, val_loader, runtime)
+    test_loss, test_acc = evaluate(model, test_loader, runtime)
+    return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+
+def _select(state: _State, model: nn.Module, epoch: int, stats: dict[str, float]) -> None:
+    """Keep the best-validation weights (ties: the later epoch, which saw more training)."""
+    result = state.result
+    if not (stats["val_acc"] < result.best_val_acc):  # also true while best is NaN
+        result.best_epoch, result.best_val_acc, result.test_acc = epoch, stats["val_acc"], stats["test_acc"]
+        state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    result.final_val_acc = stats["val_acc"]
+    result.seconds += stats["epoch_seconds"]
+
+
+def _finish(state: _State, model: nn.Module) -> FitResult:
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return state.result
+
+
+def _summary_line(bar: tqdm, desc: str, epoch: int, epochs: int, s: dict[str, float]) -> None:
+    line = (
+        f"{desc} epoch {epoch + 1}/{epochs}: loss {s['train_loss']:.3f} train {s['train_acc']:.2%} "
+        f"val {s['val_acc']:.2%} test {s['test_acc']:.2%} lr {s['lr']:.4g} "
+        f"{s['epoch_seconds']:.1f}s ({s['images_per_s']:.0f} img/s)"
+    )
+    bar.write(line) if not bar.disable else None
+
+
+def _save(path: Path | None, state: _State, model: nn.Module, optimizer, method: Method | None) -> None:
+    if path is None:
+        return
+    atomic_save(
+        {
+            "epoch": state.epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best_state": state.best_state,
+            "result": asdict(state.result),
+            "method_state": method.state_dict() if method else {},
+            "rng": torch.get_rng_state(),
+        },
+        path,
+    )
+
+
+def _restore(path: Path | None, model: nn.Module, optimizer, method: Method | None) -> _State:
+    if path is None or not path.exists():
+        return _State()
+    saved = load(path)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if method is not None:
+        method.load_state_dict(saved["method_state"])
+    torch.set_rng_state(saved["rng"])
+    return _State(saved["epoch"], FitResult(**saved["result"]), saved["best_state"])
+
+
+def seconds_per_image(
+    model: nn.Module, data: DatasetSplits, batch_size: int, runtime: Runtime, steps: int = 2
+) -> float:
+    """Measured training time per image (forward+backward+step) on a throwaway copy, after one warm-up step."""
+    probe = copy.deepcopy(model).to(runtime.device, memory_format=runtime.memory_format).train()
+    optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
+    batch = min(batch_size, len(data.train))
+    x = torch.randn(batch, 3, data.input_size, data.input_size, device=runtime.device)
+    y = torch.zeros(batch, dtype=torch.long, device=runtime.device)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with runtime.autocast:
+            loss = F.cross_entropy(probe(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) / batch
