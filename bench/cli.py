@@ -206,11 +206,12 @@ def _int(text: str, flag: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import config
-    from bench.runner import run
 
     cfg = config.resolve(args.preset, args.config, run_flags(args), args.set)
     if not cfg.methods:
         raise BenchError("--methods is empty; name at least one method (see 'python -m bench list methods')")
+    from bench.runner import run  # after validation: a config error needs none of the heavy imports
+
     run(cfg, progress=not args.no_progress)
     return 0
 

@@ -201,7 +201,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise BenchError(f"'{where or 'config'}' must be a table, got {type(data).__name__}")
+        raise BenchError(f"'{where.rstrip('.') or 'config'}' must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     kwargs = {}

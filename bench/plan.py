@@ -66,7 +66,10 @@ class PruningPlan:
 
 
 def save_plans(plans: list[PruningPlan], path: Path) -> None:
-    path.write_text(json.dumps([p.to_dict() for p in plans], indent=1))
+    """Write the rounds' plans as one JSON list, atomically (a killed run never leaves half a file)."""
+    from bench.checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps([p.to_dict() for p in plans], indent=1), path)
 
 
 def load_plans(path: Path) -> list[PruningPlan]:

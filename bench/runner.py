@@ -58,7 +58,9 @@ class Paths:
 
     @property
     def data_cache(self) -> Path:
-        return self.root / "cache" / "datasets"
+        """Decoded-image cache; ``$BENCH_DATASET_CACHE`` shares one across results dirs."""
+        override = os.environ.get("BENCH_DATASET_CACHE")
+        return Path(override) if override else self.root / "cache" / "datasets"
 
 
 def prepare_results_dir(path: str) -> Paths:

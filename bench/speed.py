@@ -46,7 +46,7 @@ def speed(
         raise BenchError("--batch-size, --steps, --repeats and --images must be >= 1, --workers >= 0")
     if not data_dir:
         raise BenchError("speed needs the CIFAR-10 data: pass --data-dir (the folder holding cifar10-jpeg/)")
-    runtime = Runtime(resolve_device(device), progress=False)
+    runtime = Runtime(resolve_device(device), progress=False, epoch_lines=False)
     data = datasets.build("cifar10", data_dir, cache_dir=Path(results_dir) / "cache" / "datasets", val_size=1000)
     env = provenance.environment()
     return {

@@ -113,7 +113,7 @@ def run_pipeline(cls: type[Method], model_name: str, target: float, seed: int) -
             model,
             data,
             Schedule(epochs=1, batch_size=32, lr=0.01),
-            Runtime(torch.device("cpu"), progress=False),
+            Runtime(torch.device("cpu"), progress=False, epoch_lines=False),
             seed=seed,
             method=method,
             ctx=ctx,

@@ -47,7 +47,8 @@ class Runtime:
     channels_last: bool = True
     eval_batch_size: int = 512
     augment: bool = True
-    progress: bool = True
+    progress: bool = True  # progress bars
+    epoch_lines: bool = True  # one summary line per epoch, kept when bars are off
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -243,7 +244,8 @@ def fit(
             state.epoch = epoch
             state.result.history.append(stats)
             _save(checkpoint, state, model, optimizer, method)
-            _summary_line(bar, desc, epoch, schedule.epochs, stats)
+            if runtime.epoch_lines:
+                _summary_line(bar, desc, epoch, schedule.epochs, stats)
             if on_epoch:
                 on_epoch(epoch, stats)
     finally:
@@ -322,12 +324,12 @@ def _finish(state: _State, model: nn.Module) -> FitResult:
 
 
 def _summary_line(bar: tqdm, desc: str, epoch: int, epochs: int, s: dict[str, float]) -> None:
-    line = (
+    """One line per epoch, printed above the bar (and printed even when bars are off)."""
+    bar.write(
         f"{desc} epoch {epoch + 1}/{epochs}: loss {s['train_loss']:.3f} train {s['train_acc']:.2%} "
         f"val {s['val_acc']:.2%} test {s['test_acc']:.2%} lr {s['lr']:.4g} "
         f"{s['epoch_seconds']:.1f}s ({s['images_per_s']:.0f} img/s)"
     )
-    bar.write(line) if not bar.disable else None
 
 
 def _save(path: Path | None, state: _State, model: nn.Module, optimizer, method: Method | None) -> None:

@@ -1,0 +1,183 @@
+"""End to end through the CLI on real CIFAR-10 images: `bench run` with l1 and slim, read back from
+MLflow; baseline reuse; resume after SIGKILL without a duplicate MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from bench import measure, models, surgery
+from bench.checkpoint import load
+from bench.plan import load_plans
+
+pytestmark = pytest.mark.slow
+SMOKE = ["--model", "resnet20", "--preset", "smoke", "--seeds", "0", "--no-progress"]
+
+
+def _env(data_dir: Path, cache: Path) -> dict[str, str]:
+    env = {**os.environ, "BENCH_DATA_DIR": str(data_dir), "BENCH_DATASET_CACHE": str(cache)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def bench(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cifar_root, dataset_cache):
+    """One smoke run of l1 and slim; the tests below inspect what it printed and stored."""
+    work = tmp_path_factory.mktemp("smoke-run")
+    env = _env(cifar_root, dataset_cache)
+    proc = bench(["run", "--methods", "l1,slim", *SMOKE, "--results-dir", str(work / "results")], work, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, env, proc
+
+
+def _client(results: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+
+
+def _runs(client: MlflowClient) -> list:
+    exp = client.get_experiment_by_name("bench")
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_run_prints_plan_estimate_and_table(smoke_run):
+    _, _, proc = smoke_run
+    out = proc.stdout
+    assert "plan: resnet20 on cifar10" in out and "estimated" in out
+    assert out.index("plan:") < out.index("epoch 1/")  # the plan comes before any work
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| method | n | test acc (%)")
+    assert [row.split("|")[1].strip() for row in table[1:]] == ["dense", "l1", "slim"]
+    assert "cifar10-jpeg" in out  # the data source is stated
+
+
+def test_runs_are_in_mlflow_with_config_metrics_and_artifacts(smoke_run):
+    work, _, _ = smoke_run
+    client = _client(work / "results")
+    runs = _runs(client)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = {
+        r.data.tags["bench.method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert set(children) == {"dense", "l1", "slim"}
+    assert parent.data.params["dense.epochs"] == "2" and parent.data.params["model"] == "resnet20"
+    assert "cifar10-jpeg" in parent.data.tags["bench.data_source"]
+    assert len(parent.data.tags["env.git_sha"]) in (40, len("unknown"))
+    assert parent.data.tags["env.torch"] == torch.__version__
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.json", "comparison_table.json", "results.json"} <= parent_artifacts
+    for name in ("l1", "slim"):
+        run = children[name]
+        assert run.info.status == "FINISHED"
+        assert {"plans.json", "model.pt", "config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert abs(run.data.metrics["flops_reduction"] - 0.5) <= 0.01  # smoke preset target 0.5
+        history = client.get_metric_history(run.info.run_id, "finetune/val_acc")
+        assert len(history) == 1  # smoke: 1 fine-tune epoch, logged per epoch
+    slim_sparsity = client.get_metric_history(children["slim"].info.run_id, "sparsity/train_loss")
+    assert len(slim_sparsity) == 2  # sparsity training reuses the dense schedule (2 epochs)
+    assert children["slim"].data.params["method_config.lam"] == "1e-05"  # resolved default for ResNets
+
+
+def test_pruned_model_reloads_from_artifacts(smoke_run, tmp_path):
+    work, _, _ = smoke_run
+    client = _client(work / "results")
+    run = next(r for r in _runs(client) if r.data.tags.get("bench.method") == "l1")
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, dst_path=str(tmp_path), tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}"
+        )
+    )
+    model = models.create("resnet20")
+    for plan in load_plans(local / "plans.json"):
+        surgery.apply(model, plan)
+    model.load_state_dict(torch.load(local / "model.pt", weights_only=True))
+    assert measure.count_params(model) == run.data.metrics["params"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_second_run_reuses_the_baseline(smoke_run):
+    work, env, _ = smoke_run
+    proc = bench(["run", "--methods", "l1", *SMOKE, "--results-dir", str(work / "results")], work, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reusing cached baseline" in proc.stdout
+    assert "dense s0 epoch" not in proc.stdout  # nothing was trained for the baseline
+    runs = _runs(_client(work / "results"))
+    reused = [
+        r
+        for r in runs
+        if r.data.tags.get("bench.method") == "dense" and r.data.tags.get("bench.baseline_reused") == "true"
+    ]
+    assert len(reused) == 1
+
+
+def test_killed_run_resumes_without_duplicate_mlflow_runs(tmp_path, cifar_root, dataset_cache):
+    env = _env(cifar_root, dataset_cache)
+    args = ["run", "--methods", "l1", *SMOKE, "--set", "dense.epochs=5", "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        epoch = _wait_for_checkpoint_epoch(tmp_path / "results" / "baselines", at_least=1, proc=proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert epoch >= 1
+    again = bench(args, tmp_path, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trained = [line for line in again.stdout.splitlines() if line.startswith("dense s0 epoch")]
+    first_epoch = int(trained[0].split("epoch ")[1].split("/")[0])
+    assert first_epoch >= epoch + 2  # epochs 0..epoch were done before the kill (lines are 1-based)
+    runs = _runs(_client(tmp_path / "results"))
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert int(parents[0].data.tags.get("bench.resumes", "0")) >= 1
+    dense_runs = [r for r in runs if r.data.tags.get("bench.method") == "dense"]
+    assert len(dense_runs) == 1
+
+
+def _wait_for_checkpoint_epoch(root: Path, at_least: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Poll the baseline's epoch checkpoint until it records ``at_least`` completed epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ckpt in root.glob("*/train.ckpt"):
+            try:
+                epoch = load(ckpt)["epoch"]
+            except (RuntimeError, OSError, EOFError, KeyError):
+                continue  # replaced while we read it
+            if epoch >= at_least:
+                return epoch
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before the checkpoint appeared: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail("no epoch checkpoint appeared in time")
+
+
+def test_results_json_in_workdir_matches_mlflow(smoke_run):
+    work, _, _ = smoke_run
+    results = list((work / "results" / "runs").glob("*/l1-s0/result.json"))
+    assert results
+    row = json.loads(results[0].read_text())
+    assert row["method"] == "l1" and 0 <= row["test_acc"] <= 1

@@ -1,0 +1,101 @@
+"""The training loop on real CIFAR-10 images: it learns, it selects on val, and resume is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import datasets, models
+from bench.config import Schedule
+from bench.training import Runtime, fit, lr_factor, seed_everything
+
+CPU = Runtime(torch.device("cpu"), progress=False, epoch_lines=False)
+
+
+@pytest.fixture(scope="module")
+def small_cifar(cifar_root, dataset_cache):
+    return datasets.build(
+        "cifar10", cifar_root, cache_dir=dataset_cache, val_size=500, train_limit=1024, test_limit=500
+    )
+
+
+def test_multistep_schedule_divides_at_milestones():
+    s = Schedule(epochs=10, lr=0.1, schedule="multistep", milestones=(0.5, 0.8), gamma=0.1)
+    assert [lr_factor(s, e) for e in (0, 4, 5, 7, 8, 9)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_cosine_schedule_with_warmup():
+    s = Schedule(epochs=11, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(s, 0) == pytest.approx(0.5)  # linear warm-up: (0+1)/(1+1)
+    assert lr_factor(s, 1) == pytest.approx(1.0)
+    assert lr_factor(s, 6) == pytest.approx(0.5)
+    assert all(lr_factor(s, e) >= lr_factor(s, e + 1) for e in range(1, 10))
+
+
+def test_constant_schedule():
+    assert lr_factor(Schedule(epochs=5, schedule="constant"), 4) == 1.0
+
+
+def test_training_learns_and_selects_on_validation(small_cifar):
+    seed_everything(0)
+    model = models.create("resnet20")
+    result = fit(model, small_cifar, Schedule(epochs=4, batch_size=64, lr=0.05, schedule="cosine"), CPU, seed=0)
+    history = result.history
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert result.best_val_acc > 0.2  # chance is 0.1 on 10 balanced classes
+    best = max(range(4), key=lambda e: (history[e]["val_acc"], e))
+    assert result.best_epoch == best
+    assert result.test_acc == history[best]["test_acc"]  # test is reported at the val-selected epoch
+
+
+def test_model_ends_with_the_best_validation_weights(small_cifar):
+    seed_everything(1)
+    model = models.create("resnet20")
+    result = fit(model, small_cifar, Schedule(epochs=3, batch_size=64, lr=0.05), CPU, seed=1)
+    from bench.training import eval_loader, evaluate
+
+    _, val_acc = evaluate(model, eval_loader(small_cifar.val, small_cifar, CPU), CPU)
+    assert val_acc == pytest.approx(result.best_val_acc)
+
+
+def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(small_cifar, tmp_path):
+    """A run stopped after epoch 1 and resumed from its checkpoint ends bit-identical."""
+    schedule = Schedule(epochs=3, batch_size=128, lr=0.05, schedule="multistep", milestones=(0.5,))
+
+    seed_everything(3)
+    straight = models.create("resnet20")
+    fit(straight, small_cifar, schedule, CPU, seed=3, checkpoint=tmp_path / "a.ckpt")
+
+    seed_everything(3)
+    interrupted = models.create("resnet20")
+    ckpt = tmp_path / "b.ckpt"
+    _run_epochs(interrupted, small_cifar, schedule, ckpt, stop_after=1)
+    resumed = models.create("resnet20")  # a new process would start from a fresh model
+    result = fit(resumed, small_cifar, schedule, CPU, seed=3, checkpoint=ckpt)
+    assert len(result.history) == 3
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{name} differs after resume"
+
+
+def _run_epochs(model, data, schedule, ckpt, stop_after: int) -> None:
+    """Train, and 'kill' the process right after epoch ``stop_after`` has been checkpointed."""
+
+    class Killed(Exception):
+        pass
+
+    def stop(epoch, _stats):
+        if epoch == stop_after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(model, data, schedule, CPU, seed=3, checkpoint=ckpt, on_epoch=stop)
+
+
+def test_divergence_is_reported(small_cifar):
+    from bench.training import DivergedError
+
+    seed_everything(0)
+    model = models.create("resnet20")
+    with pytest.raises(DivergedError):
+        fit(model, small_cifar, Schedule(epochs=1, batch_size=128, lr=1e6, momentum=0.0), CPU, seed=0)
