@@ -68,8 +68,11 @@ class Schedule:
             all(0 < m < 1 for m in self.milestones),
             f"milestones are fractions in (0, 1), got {self.milestones}",
         )
-        _check(0 <= self.warmup_epochs <= max(self.epochs, 0), "warmup_epochs must be in [0, epochs]")
-        _check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        _check(
+            0 <= self.warmup_epochs <= max(self.epochs, 0),
+            f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}",
+        )
+        _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,8 @@ class RunConfig:
         _check(len(set(self.seeds)) == len(self.seeds), f"seeds must be unique, got {self.seeds}")
         _check(len(set(self.methods)) == len(self.methods), f"methods must be unique, got {self.methods}")
         _check_choice("device", self.device, DEVICES)
-        _check(self.eval_batch_size >= 1 and self.latency_batch_size >= 1, "batch sizes must be >= 1")
+        _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check(self.latency_batch_size >= 1, f"latency_batch_size must be >= 1, got {self.latency_batch_size}")
 
     def sparsity_schedule(self, method: str) -> Schedule:
         override = self.method.get(method)
@@ -180,8 +184,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def digest(self, *, exclude: tuple[str, ...] = ("tracking_uri", "experiment", "results_dir")) -> str:
-        """Stable short hash of the fields that determine results."""
+    def digest(self, *, exclude: tuple[str, ...] = ("tracking_uri", "experiment", "results_dir", "preset")) -> str:
+        """Stable short hash of the fields that determine results.
+
+        ``preset`` is only a label (a name or a file path): the values it set are hashed already.
+        """
         return stable_hash({k: v for k, v in self.to_dict().items() if k not in exclude})
 
 
@@ -211,7 +218,13 @@ def _build(cls: type, data: Any, where: str) -> Any:
             suggestion = f" Did you mean '{hint}'?" if hint else ""
             raise BenchError(f"unknown config key '{where}{key}'.{suggestion} Valid keys: {', '.join(sorted(known))}")
         kwargs[key] = _convert(hints[key], value, f"{where}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except BenchError as exc:  # "epochs must be >= 0" -> "finetune.epochs must be >= 0": say which table
+        message = str(exc)
+        if where and message.split(" ", 1)[0] in known:
+            raise BenchError(f"{where}{message}") from exc
+        raise
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:

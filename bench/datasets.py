@@ -167,7 +167,7 @@ def build(
             "pass a smaller val_size (data.val_size)"
         )
     train_idx, val_idx = split_indices(n_train, val_size, split_seed, train_limit)
-    test_pos = test_subset(raw.test.labels, test_limit) if test_limit else torch.arange(len(raw.test))
+    test_pos = balanced_subset(raw.test.labels, test_limit) if test_limit else torch.arange(len(raw.test))
     mean, std = _STATS[kind]
     return DatasetSplits(
         name=name,
@@ -211,7 +211,7 @@ def split_indices(
     return rest.sort().values, val.sort().values
 
 
-def test_subset(labels: torch.Tensor, limit: int) -> torch.Tensor:
+def balanced_subset(labels: torch.Tensor, limit: int) -> torch.Tensor:
     """Sorted positions of ``limit`` test images, class-balanced to within one image per class.
 
     A fixed-seed permutation is reordered round-robin over classes (the k-th image of every class

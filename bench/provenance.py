@@ -97,6 +97,7 @@ def _torch_state() -> dict[str, str]:
     available = torch.cuda.is_available()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
+        "env.torch": torch.__version__,  # the build tag too (+cu132, +cpu): it decides the kernels
         "env.cuda": torch.version.cuda or "none",
         "env.cuda_available": str(available).lower(),
         "env.cudnn": str(cudnn) if cudnn is not None else "none",

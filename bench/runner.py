@@ -11,7 +11,6 @@ from its last epoch checkpoint, and finished (method, seed) pairs are not run ag
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from bench import datasets, measure, models, provenance, registry, surgery
 from bench.api import Context, Method
 from bench.checkpoint import atomic_save, atomic_write_text, load
 from bench.config import RunConfig, stable_hash
-from bench.errors import BenchError
+from bench.paths import Paths, prepare_results_dir
 from bench.plan import PruningPlan, load_plans, save_plans
 from bench.pruning import default_plan
 from bench.tracking import Tracker, resolve_tracking_uri
@@ -40,40 +39,6 @@ from bench.training import (
     seed_everything,
 )
 from reports.tables import comparison_table, format_table
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where a run keeps its files under the results dir (git ignores all of it)."""
-
-    root: Path
-
-    @property
-    def baselines(self) -> Path:
-        return self.root / "baselines"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
-    def data_cache(self) -> Path:
-        """Decoded-image cache; ``$BENCH_DATASET_CACHE`` shares one across results dirs."""
-        override = os.environ.get("BENCH_DATASET_CACHE")
-        return Path(override) if override else self.root / "cache" / "datasets"
-
-
-def prepare_results_dir(path: str) -> Paths:
-    """Create the results dir or fail with a one-line error if it cannot be written."""
-    root = Path(path).expanduser().resolve()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise BenchError(f"results dir '{root}' is not writable ({exc.strerror}); pass --results-dir DIR") from exc
-    return Paths(root)
 
 
 @dataclass

@@ -27,7 +27,8 @@ from bench.augment import BatchLoader, normalize
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
 from bench.errors import BenchError
-from bench.training import Runtime, _train_epoch, make_optimizer, resolve_device, seed_everything
+from bench.paths import prepare_results_dir
+from bench.training import EpochTrainer, Runtime, make_optimizer, resolve_device, seed_everything
 
 
 def speed(
@@ -47,7 +48,7 @@ def speed(
     if not data_dir:
         raise BenchError("speed needs the CIFAR-10 data: pass --data-dir (the folder holding cifar10-jpeg/)")
     runtime = Runtime(resolve_device(device), progress=False, epoch_lines=False)
-    data = datasets.build("cifar10", data_dir, cache_dir=Path(results_dir) / "cache" / "datasets", val_size=1000)
+    data = datasets.build("cifar10", data_dir, cache_dir=prepare_results_dir(results_dir).data_cache, val_size=1000)
     env = provenance.environment()
     return {
         "device": str(runtime.device),
@@ -117,15 +118,11 @@ def _loop_pair(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
         )
     )
 
-    class _NoBar:
-        disable, desc = True, "speed"
-
-        def update(self, _n: int) -> None:
-            pass
+    trainer = EpochTrainer(ours_model, loader, ours_opt, schedule, runtime, desc="speed")
 
     def ours() -> float:
         start = time.perf_counter()
-        _train_epoch(ours_model, loader, ours_opt, schedule, runtime, 0, None, None, None, _NoBar())
+        trainer.run(0)
         _sync(runtime)
         return time.perf_counter() - start
 

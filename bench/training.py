@@ -223,7 +223,6 @@ def fit(
     loader = train_loader(data, schedule, runtime, seed)
     val_loader, test_loader = eval_loader(data.val, data, runtime), eval_loader(data.test, data, runtime)
     state = _restore(checkpoint, model, optimizer, method)
-    capture = FeatureCapture(model, method.feature_modules(model)) if method else None
     if ctx is not None:
         ctx.epochs, ctx.steps_per_epoch, ctx.train_size = schedule.epochs, len(loader), len(data.train)
     total = schedule.epochs * len(loader)
@@ -236,9 +235,10 @@ def fit(
         leave=False,
         dynamic_ncols=True,
     )
+    trainer = EpochTrainer(model, loader, optimizer, schedule, runtime, method, ctx, desc, lambda: bar.update(1))
     try:
         for epoch in range(state.epoch + 1, schedule.epochs):
-            stats = _train_epoch(model, loader, optimizer, schedule, runtime, epoch, method, ctx, capture, bar)
+            stats = trainer.run(epoch)
             stats.update(evaluate_splits(model, val_loader, test_loader, runtime))
             _select(state, model, epoch, stats)
             state.epoch = epoch
@@ -250,55 +250,87 @@ def fit(
                 on_epoch(epoch, stats)
     finally:
         bar.close()
-        if capture:
-            capture.close()
+        trainer.close()
     return _finish(state, model)
 
 
-def _train_epoch(model, loader, optimizer, schedule, runtime, epoch, method, ctx, capture, bar) -> dict[str, float]:
-    model.train()
-    loader.set_epoch(epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = schedule.lr * lr_factor(schedule, epoch)
-    if ctx is not None:
-        ctx.epoch = epoch
-    loss_sum = torch.zeros((), device=runtime.device)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-    seen, start = 0, time.perf_counter()
-    for x, y in loader:
-        with runtime.autocast:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=schedule.label_smoothing)
+@dataclass
+class EpochTrainer:
+    """One training epoch over ``loader``, with the method's hooks in the documented order.
+
+    Loss and correct counts accumulate on the device; the only host sync is the read at the
+    epoch's end. ``capture`` feeds :meth:`Method.regularization` with the features of the same
+    forward pass.
+    """
+
+    model: nn.Module
+    loader: BatchLoader
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    runtime: Runtime
+    method: Method | None = None
+    ctx: Context | None = None
+    desc: str = "train"
+    on_step: Callable[[], None] = lambda: None  # progress-bar tick
+    capture: FeatureCapture | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            self.capture = FeatureCapture(self.model, self.method.feature_modules(self.model))
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.close()
+
+    def run(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self.loader.set_epoch(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr * lr_factor(self.schedule, epoch)
+        if self.ctx is not None:
+            self.ctx.epoch = epoch
+        loss_sum = torch.zeros((), device=self.runtime.device)
+        correct = torch.zeros((), device=self.runtime.device, dtype=torch.long)
+        seen, start = 0, time.perf_counter()
+        for x, y in self.loader:
+            logits, loss = self.step(x, y)
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            self.on_step()
+        seconds = time.perf_counter() - start
+        train_loss = loss_sum.item() / max(seen, 1)  # the epoch's one host sync
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"training loss became {train_loss} in epoch {epoch + 1} of '{self.desc}'")
+        if self.method is not None:
+            self.method.on_epoch_end(self.model, self.ctx)
+        return {
+            "train_loss": train_loss,
+            "train_acc": correct.item() / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "images_per_s": seen / max(seconds, 1e-9),
+        }
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward (features captured) -> loss + regularization -> backward -> hooks -> optimizer step."""
+        method, ctx = self.method, self.ctx
+        with self.runtime.autocast:
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.schedule.label_smoothing)
             if method is not None:
-                extra = method.regularization(model, capture.take(), ctx)
+                extra = method.regularization(self.model, self.capture.take(), ctx)
                 if extra is not None:
                     loss = loss + extra
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if method is not None:
-            method.after_backward(model, ctx)
-        optimizer.step()
+            method.after_backward(self.model, ctx)
+        self.optimizer.step()
         if method is not None:
-            method.after_step(model, ctx)
+            method.after_step(self.model, ctx)
             ctx.step += 1
-        loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        bar.update(1)
-    seconds = time.perf_counter() - start
-    train_loss = loss_sum.item() / max(seen, 1)  # the epoch's one host sync
-    if not math.isfinite(train_loss):
-        raise DivergedError(f"training loss became {train_loss} in epoch {epoch} of '{bar.desc}'")
-    if method is not None:
-        method.on_epoch_end(model, ctx)
-    lr = optimizer.param_groups[0]["lr"]
-    return {
-        "train_loss": train_loss,
-        "train_acc": correct.item() / max(seen, 1),
-        "lr": lr,
-        "epoch_seconds": seconds,
-        "images_per_s": seen / max(seconds, 1e-9),
-    }
+        return logits, loss
 
 
 def evaluate_splits(model, val_loader, test_loader, runtime) -> dict[str, float]:

@@ -1,0 +1,96 @@
+"""The speed benchmark runs and reports its fields. No timing is asserted: the benchmark prints
+ratios, and its targets are checked by reading its output, not by tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.speed import format_speed, speed
+
+pytestmark = pytest.mark.slow
+
+TRAIN_FIELDS = {
+    "ours_ms_per_step",
+    "bare_ms_per_step",
+    "ratio_ours_over_bare",
+    "target_max_ratio",
+    "model",
+    "batch_size",
+    "steps",
+    "repeats",
+}
+DATA_FIELDS = {
+    "ours_images_per_s",
+    "imagefolder_dataloader_images_per_s",
+    "pil_arrays_dataloader_images_per_s",
+    "ratio_ours_over_imagefolder",
+    "ratio_ours_over_pil_arrays",
+    "target_min_ratio",
+    "images",
+    "workers",
+}
+
+
+def test_speed_report_has_every_field(cifar_root, dataset_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("BENCH_DATASET_CACHE", str(dataset_cache))
+    report = speed(
+        "resnet20",
+        "cpu",
+        32,
+        steps=2,
+        repeats=1,
+        images=128,
+        workers=0,
+        data_dir=str(cifar_root),
+        results_dir=str(tmp_path),
+    )
+    assert set(report["train_step"]) >= TRAIN_FIELDS
+    assert set(report["data_pipeline"]) >= DATA_FIELDS
+    assert report["train_step"]["ratio_ours_over_bare"] > 0
+    assert report["data_pipeline"]["ours_images_per_s"] > 0
+    assert "cifar10-jpeg" in report["data_source"]
+    text = format_speed(report)
+    assert "ratio ours/bare" in text and "ImageFolder+DataLoader" in text
+
+
+def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
+    env_args = {"BENCH_DATASET_CACHE": str(dataset_cache)}
+    import os
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "speed",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "32",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--images",
+            "64",
+            "--workers",
+            "0",
+            "--data-dir",
+            str(cifar_root),
+            "--results-dir",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **env_args},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert set(report["train_step"]) >= TRAIN_FIELDS and set(report["data_pipeline"]) >= DATA_FIELDS
