@@ -115,8 +115,8 @@ def test_list_methods_gives_one_line_descriptions() -> None:
 
 
 def test_create_method_passes_params() -> None:
-    method = registry.create_method("l1", {"per_weight": False})
-    assert method.config.per_weight is False
+    method = registry.create_method("l1", {"normalize": "none"})
+    assert method.config.normalize == "none"
     assert registry.create_method("slim").config.lam is None
 
 
