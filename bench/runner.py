@@ -72,6 +72,8 @@ def run(cfg: RunConfig, *, progress: bool = True, say: Any = print) -> pd.DataFr
     """Run every method over every seed; returns one row per (method or dense, seed)."""
     models.validate_name(cfg.model)
     method_classes = {name: registry.get_method(name) for name in cfg.methods}
+    for name, cls in method_classes.items():
+        cls.from_params(cfg.method_params(name))  # bad hyperparameters fail now, not after the baseline
     paths = prepare_results_dir(cfg.results_dir)
     data = load_data(cfg, paths)
     runtime = Runtime(

@@ -230,6 +230,12 @@ def test_unknown_method(tmp_path: Path) -> None:
     assert_user_error(bench(*args, cwd=tmp_path), "unknown method 'slimm'", "Did you mean 'slim'?", "l1")
 
 
+def test_unknown_method_param_fails_before_any_work(tmp_path: Path) -> None:
+    args = run_args(tmp_path, "--set", "method.l1.params.normalise=1")
+    assert_user_error(bench(*args, cwd=tmp_path), "unknown parameter 'normalise' for method 'l1'", "normalize")
+    assert not (tmp_path / "results").exists()
+
+
 def test_unknown_dataset(tmp_path: Path) -> None:
     empty = tmp_path / "data"
     empty.mkdir()

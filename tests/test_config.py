@@ -371,7 +371,7 @@ def test_digest_ignores_the_preset_label_but_not_its_values(tmp_path: Path) -> N
 
 def test_per_method_schedules_and_params() -> None:
     cfg = resolve(
-        "paper", None, {"methods": ["l1", "slim"]}, ["method.slim.params.lam=3e-5", "method.l1.params.per_weight=false"]
+        "paper", None, {"methods": ["l1", "slim"]}, ["method.slim.params.lam=3e-5", "method.l1.params.normalize=none"]
     )
     slim_sparsity = cfg.sparsity_schedule("slim")
     assert (slim_sparsity.epochs, slim_sparsity.batch_size) == (160, 64)
@@ -380,7 +380,7 @@ def test_per_method_schedules_and_params() -> None:
     assert cfg.finetune_schedule("l1") == cfg.finetune
     assert cfg.finetune_schedule("unknown") == cfg.finetune
     assert cfg.method_params("slim") == {"lam": 3e-5}
-    assert cfg.method_params("l1") == {"per_weight": False}
+    assert cfg.method_params("l1") == {"normalize": "none"}
     assert cfg.method_params("other") == {}
 
 
