@@ -109,6 +109,20 @@ class DatasetSplits:
     std: Stats
     source: str
 
+    @property
+    def label(self) -> str:
+        """How reports name the data: a lossy re-encoded copy or a subset never passes for the original
+        (the JPEG copy of CIFAR-10 is "CIFAR-10 (JPEG copy)", as the data README requires)."""
+        base = _LABELS.get(self.name, self.name)
+        if "-jpeg image folder" in self.source:
+            return f"{base} (JPEG copy)"
+        if "subset" in self.source:
+            return f"{base} (subset)"
+        return base
+
+
+_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
+
 
 @dataclass(frozen=True)
 class _Source:

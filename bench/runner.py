@@ -40,6 +40,8 @@ from bench.training import (
 )
 from reports.tables import comparison_table, format_table
 
+EVAL_COST = 0.45  # an eval image costs this fraction of a training image (measured: resnet20, 2-core CPU)
+
 
 @dataclass
 class Session:
@@ -109,6 +111,7 @@ def _start_parent(cfg: RunConfig, tracker: Tracker, data: datasets.DatasetSplits
         "bench.model": cfg.model,
         "bench.dataset": cfg.data.name,
         "bench.data_source": data.source,
+        "bench.data_label": data.label,
     }
     parent_id = tracker.start_run(name, parent_id=None, key=f"run/{cfg.digest()}", tags=tags)
     tracker.log_params(parent_id, cfg.to_dict())
@@ -131,7 +134,7 @@ def _finish_parent(session: Session, results: pd.DataFrame) -> None:
 def _table_title(session: Session) -> str:
     cfg, data = session.cfg, session.data
     return (
-        f"{cfg.model} on {data.name} ({data.source}); test accuracy of the best-validation checkpoint, "
+        f"{cfg.model} on {data.label} ({data.source}); test accuracy of the best-validation checkpoint, "
         f"mean +- std over {len(cfg.seeds)} seed(s); FLOPs are {measure.FLOP_CONVENTION}"
     )
 
@@ -146,9 +149,9 @@ def describe_plan(cfg: RunConfig, data, runtime: Runtime, methods: dict[str, typ
     eval_images = sum(epochs for _, epochs in phases) * (len(data.val) + len(data.test)) * len(cfg.seeds)
     probe = models.create(cfg.model, data.num_classes, data.input_size)
     spi = seconds_per_image(probe, data, cfg.dense.batch_size, runtime)
-    estimate = spi * (train_images + eval_images / 3)  # a forward pass is about a third of a training step
+    estimate = spi * (train_images + eval_images * EVAL_COST)
     lines = [
-        f"plan: {cfg.model} on {data.name} [{data.source}]",
+        f"plan: {cfg.model} on {data.label} [{data.source}]",
         f"  images: train {len(data.train):,} / val {len(data.val):,} / test {len(data.test):,}; "
         f"seeds {','.join(map(str, cfg.seeds))}; device {runtime.device}; pruning rule {cfg.prune.rule}",
         f"  {'phase':<34}{'epochs':>7}{'train images':>14}",
@@ -202,16 +205,16 @@ def baseline_key(cfg: RunConfig, data: datasets.DatasetSplits, runtime: Runtime,
 
 
 def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run."""
+    """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run (once per parent)."""
     cfg, data = session.cfg, session.data
     key = baseline_key(cfg, data, session.runtime, seed)
     folder = session.paths.baselines / key
-    run_id = session.tracker.start_run(
-        f"dense seed {seed}",
-        parent_id=session.parent_id,
-        key=f"{session.parent_id}/dense/s{seed}",
-        tags={"bench.method": "dense", "bench.seed": str(seed), "bench.baseline_key": key},
-    )
+    run_key = f"{session.parent_id}/dense/s{seed}"
+    logged = session.tracker.find_finished(run_key, parent_id=session.parent_id) is not None
+    run_id = None
+    if not logged:
+        tags = {"bench.method": "dense", "bench.seed": str(seed), "bench.baseline_key": key}
+        run_id = session.tracker.start_run(f"dense seed {seed}", parent_id=session.parent_id, key=run_key, tags=tags)
     reused = (folder / "meta.json").exists()
     if reused:
         session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
@@ -219,15 +222,13 @@ def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor]
         _train_baseline(session, seed, folder)
     meta = json.loads((folder / "meta.json").read_text())
     state = load(folder / "model.pt")
-    row = _row("dense", seed, meta["test_acc"], meta["best_val_acc"], meta["params"], meta["macs"], meta, meta)
-    _log_finished(
-        session,
-        run_id,
-        row,
-        meta["history"],
-        {"bench.baseline_reused": str(reused).lower()},
-        artifacts=[folder / "model.pt"],
-    )
+    dense_model = models.create(cfg.model, data.num_classes, data.input_size)
+    dense_model.load_state_dict(state)
+    latency = _latency(session, dense_model)  # measured on this machine every time, never cached
+    row = _row("dense", seed, meta["test_acc"], meta["best_val_acc"], meta["params"], meta["macs"], meta, latency)
+    if run_id is not None:
+        reused_tag = {"bench.baseline_reused": str(reused).lower()}
+        _log_finished(session, run_id, row, meta["history"], reused_tag, artifacts=[folder / "model.pt"])
     return state, row
 
 
@@ -268,13 +269,25 @@ def run_method(
     if done.exists():
         session.say(f"{name} seed {seed}: already finished in this run, skipping")
         return json.loads(done.read_text())
-    cfg, data = session.cfg, session.data
     run_id = session.tracker.start_run(
         f"{name} seed {seed}",
         parent_id=session.parent_id,
         key=f"{session.parent_id}/{name}/s{seed}",
         tags={"bench.method": name, "bench.seed": str(seed)},
     )
+    try:
+        row = _method_pipeline(session, name, cls, seed, dense_state, dense_row, workdir, run_id)
+    except BaseException as exc:  # a kill (KeyboardInterrupt) or a failure: say so in MLflow, then re-raise
+        session.tracker.set_tags(run_id, {"bench.error": repr(exc)[:500]})
+        session.tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    atomic_write_text(json.dumps(row, indent=1), done)
+    return row
+
+
+def _method_pipeline(session, name, cls, seed, dense_state, dense_row, workdir, run_id) -> dict[str, Any]:
+    """setup -> prune rounds -> fine-tune -> measure -> log; each phase resumes from its checkpoint."""
+    cfg, data = session.cfg, session.data
     seed_everything(seed, cfg.deterministic)
     method = cls.from_params(cfg.method_params(name))
     model = models.create(cfg.model, data.num_classes, data.input_size)
@@ -290,7 +303,6 @@ def run_method(
     save_plans(plans, workdir / "plans.json")
     atomic_save(model.state_dict(), workdir / "model.pt")
     _log_finished(session, run_id, row, [], {}, artifacts=[workdir / "plans.json", workdir / "model.pt"])
-    atomic_write_text(json.dumps(row, indent=1), done)
     return row
 
 
@@ -319,7 +331,7 @@ def _method_params(cfg: RunConfig, name: str, method: Method) -> dict[str, Any]:
 
 def _prune_rounds(session, name, method, model, ctx, workdir, run_id, history) -> list[PruningPlan]:
     """Sparsity training, importance, allocation and surgery, for each round; resumable per round."""
-    plans = _restore_rounds(session, model, ctx, workdir)
+    plans = _restore_rounds(session, method, model, ctx, workdir)
     original_macs = measure.count_macs(
         models.create(session.cfg.model, session.data.num_classes, session.data.input_size), session.data.input_size
     )
@@ -357,12 +369,14 @@ def _prune_rounds(session, name, method, model, ctx, workdir, run_id, history) -
                 run_id,
                 history,
             )
-        save_plans(plans, workdir / "plans.json")
         atomic_save({"model": model.state_dict(), "method": method.state_dict()}, workdir / f"r{r}-done.pt")
+        save_plans(plans, workdir / "plans.json")  # written last: marks round r complete
     return plans
 
 
-def _restore_rounds(session: Session, model: nn.Module, ctx: Context, workdir: Path) -> list[PruningPlan]:
+def _restore_rounds(
+    session: Session, method: Method, model: nn.Module, ctx: Context, workdir: Path
+) -> list[PruningPlan]:
     """Replay the rounds a killed invocation completed (plans + weights after each round)."""
     if not (workdir / "plans.json").exists():
         return []
@@ -371,6 +385,7 @@ def _restore_rounds(session: Session, model: nn.Module, ctx: Context, workdir: P
         surgery.apply(model, plan, session.data.input_size)
     saved = load(workdir / f"r{len(plans) - 1}-done.pt")
     model.load_state_dict(saved["model"])
+    method.load_state_dict(saved["method"])
     ctx.units = surgery.prunable_units(model, session.data.input_size)
     session.say(f"resuming after {len(plans)} completed prune round(s) from {workdir}")
     return plans
@@ -445,13 +460,17 @@ def _measure(
 ) -> dict[str, Any]:
     cost = measure.cost(model.cpu(), session.data.input_size)
     model.to(session.runtime.device)
-    extra: dict[str, Any] = {}
-    if session.cfg.latency:
-        lat = measure.measure_latency(
-            model, session.data.input_size, session.cfg.latency_batch_size, session.runtime.device
-        )
-        extra = {f"latency_{k}": v for k, v in lat.as_dict().items()}
-    return _row(name, seed, final.test_acc, final.best_val_acc, cost.params, cost.macs, dense, extra)
+    return _row(name, seed, final.test_acc, final.best_val_acc, cost.params, cost.macs, dense, _latency(session, model))
+
+
+def _latency(session: Session, model: nn.Module) -> dict[str, Any]:
+    """``latency_*`` fields (median, IQR and the protocol) when the config asks for latency."""
+    if not session.cfg.latency:
+        return {}
+    lat = measure.measure_latency(
+        model, session.data.input_size, session.cfg.latency_batch_size, session.runtime.device
+    )
+    return {f"latency_{k}": v for k, v in lat.as_dict().items()}
 
 
 def _row(
@@ -494,8 +513,9 @@ def _log_finished(
     for step, stats in enumerate(history):
         tracker.log_metrics(run_id, {f"dense/{k}": v for k, v in stats.items() if isinstance(v, int | float)}, step)
     numeric = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    text = {f"bench.{k}": str(v) for k, v in row.items() if k not in numeric}  # e.g. latency device and timer
     tracker.log_metrics(run_id, numeric, step=None)
-    tracker.set_tags(run_id, {**tags, **provenance.environment()})
+    tracker.set_tags(run_id, {**tags, **text, **provenance.environment()})
     tracker.log_dict(run_id, session.cfg.to_dict(), "config.json")
     for path in artifacts:
         tracker.log_artifact(run_id, path)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import datasets, models, provenance
-from bench.augment import BatchLoader, normalize
+from bench.augment import normalize
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
 from bench.errors import BenchError
 from bench.paths import prepare_results_dir
-from bench.training import EpochTrainer, Runtime, make_optimizer, resolve_device, seed_everything
+from bench.training import EpochTrainer, Runtime, make_optimizer, resolve_device, seed_everything, train_loader
 
 
 def speed(
@@ -103,8 +103,7 @@ def _loop_pair(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
     plain NCHW (what a hand-written loop usually does)."""
     ours_model = copy.deepcopy(base).to(runtime.device, memory_format=runtime.memory_format)
     opt = make_optimizer(ours_model, schedule)
-    loader = BatchLoader(data.train, schedule.batch_size, shuffle=True, augment=True, mean=data.mean, std=data.std,
-                         device=runtime.device, seed=0, channels_last=runtime.channels_last)  # fmt: skip
+    loader = train_loader(data, schedule, runtime, seed=0)
     trainer = EpochTrainer(ours_model, loader, opt, schedule, runtime, desc="speed")
 
     def ours() -> float:
@@ -174,17 +173,8 @@ def data_pipeline_comparison(
 
 
 def _time_ours(split: Split, data: DatasetSplits, runtime: Runtime, batch_size: int) -> float:
-    loader = BatchLoader(
-        split,
-        batch_size,
-        shuffle=True,
-        augment=True,
-        mean=data.mean,
-        std=data.std,
-        device=runtime.device,
-        seed=0,
-        channels_last=runtime.channels_last,
-    )
+    subset = DatasetSplits(**{**data.__dict__, "train": split})
+    loader = train_loader(subset, Schedule(batch_size=batch_size), runtime, seed=0)
     start = time.perf_counter()
     for x, _ in loader:
         x.sum()  # consume the batch, as a training step would

@@ -14,13 +14,7 @@ from bench.allocation import CostModel, by_channel_fraction, by_flops_target, by
 from bench.errors import BenchError
 from bench.units import PrunableUnit, chain_unit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def l1_scores(model: nn.Module, units: list[PrunableUnit]) -> dict[str, torch.Tensor]:

@@ -17,14 +17,7 @@ from bench.units import Member, PrunableUnit
 from methods.l1 import L1Config, L1Norm
 from methods.slim import NetworkSlimming, SlimConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waits make 2 threads many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_context(model: nn.Module, model_name: str, seed: int = 0) -> Context:

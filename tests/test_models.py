@@ -36,13 +36,7 @@ OUR_MODELS = ["resnet20", "resnet32", "resnet56", "resnet110", "vgg16", "vgg19"]
 RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batch-1 forwards are fastest on one thread, and 2 threads on a busy 2-core box thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache

@@ -17,7 +17,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench import registry
 from bench.api import Method
@@ -71,13 +70,7 @@ def clean_registry() -> Iterator[None]:
     registry.refresh()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waits make 2 threads many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def _runs(client: MlflowClient) -> list:
 def test_run_prints_plan_estimate_and_table(smoke_run):
     _, _, proc = smoke_run
     out = proc.stdout
-    assert "plan: resnet20 on cifar10" in out and "estimated" in out
+    assert "plan: resnet20 on CIFAR-10 (JPEG copy)" in out and "estimated" in out  # never "CIFAR-10" alone
     assert out.index("plan:") < out.index("epoch 1/")  # the plan comes before any work
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| method | n | test acc (%)")
@@ -79,6 +79,7 @@ def test_runs_are_in_mlflow_with_config_metrics_and_artifacts(smoke_run):
     assert set(children) == {"dense", "l1", "slim"}
     assert parent.data.params["dense.epochs"] == "2" and parent.data.params["model"] == "resnet20"
     assert "cifar10-jpeg" in parent.data.tags["bench.data_source"]
+    assert parent.data.tags["bench.data_label"] == "CIFAR-10 (JPEG copy)"
     assert len(parent.data.tags["env.git_sha"]) in (40, len("unknown"))
     assert parent.data.tags["env.torch"] == torch.__version__
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -112,9 +113,10 @@ def test_pruned_model_reloads_from_artifacts(smoke_run, tmp_path):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_second_run_reuses_the_baseline(smoke_run):
+def test_second_run_reuses_the_baseline_and_measures_latency(smoke_run):
     work, env, _ = smoke_run
-    proc = bench(["run", "--methods", "l1", *SMOKE, "--results-dir", str(work / "results")], work, env)
+    latency = ["--set", "latency=true", "--set", "latency_batch_size=8"]  # not part of the baseline's key
+    proc = bench(["run", "--methods", "l1", *SMOKE, *latency, "--results-dir", str(work / "results")], work, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reusing cached baseline" in proc.stdout
     assert "dense s0 epoch" not in proc.stdout  # nothing was trained for the baseline
@@ -125,44 +127,70 @@ def test_second_run_reuses_the_baseline(smoke_run):
         if r.data.tags.get("bench.method") == "dense" and r.data.tags.get("bench.baseline_reused") == "true"
     ]
     assert len(reused) == 1
+    measured = [r for r in runs if "latency_median_ms" in r.data.metrics]
+    assert {r.data.tags["bench.method"] for r in measured} == {"dense", "l1"}
+    for run in measured:  # the protocol is stored with every measured run
+        assert run.data.metrics["latency_batch_size"] == 8 and run.data.metrics["latency_repeats"] > 0
+        assert run.data.tags["bench.latency_device"] == "cpu" and run.data.tags["bench.latency_timer"] == "perf_counter"
 
 
-def test_killed_run_resumes_without_duplicate_mlflow_runs(tmp_path, cifar_root, dataset_cache):
-    env = _env(cifar_root, dataset_cache)
-    args = ["run", "--methods", "l1", *SMOKE, "--set", "dense.epochs=5", "--results-dir", str(tmp_path / "results")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _kill_when_checkpointed(args: list[str], cwd: Path, env: dict[str, str], pattern: str, at_least: int) -> int:
+    """Start ``bench run``, SIGKILL it once a checkpoint matching ``pattern`` holds ``at_least`` epochs."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        epoch = _wait_for_checkpoint_epoch(tmp_path / "results" / "baselines", at_least=1, proc=proc)
+        epoch = _wait_for_checkpoint_epoch(cwd / "results", pattern, at_least, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    assert epoch >= 1
-    again = bench(args, tmp_path, env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    trained = [line for line in again.stdout.splitlines() if line.startswith("dense s0 epoch")]
-    first_epoch = int(trained[0].split("epoch ")[1].split("/")[0])
-    assert first_epoch >= epoch + 2  # epochs 0..epoch were done before the kill (lines are 1-based)
-    runs = _runs(_client(tmp_path / "results"))
+    return epoch
+
+
+def _first_epoch_line(stdout: str, prefix: str) -> int:
+    lines = [line for line in stdout.splitlines() if line.startswith(prefix)]
+    return int(lines[0].split("epoch ")[1].split("/")[0])
+
+
+def _assert_one_finished_run_each(results: Path, methods: set[str]) -> None:
+    runs = _runs(_client(results))
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert int(parents[0].data.tags.get("bench.resumes", "0")) >= 1
-    dense_runs = [r for r in runs if r.data.tags.get("bench.method") == "dense"]
-    assert len(dense_runs) == 1
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["bench.method"] for r in children) == sorted(methods)  # no duplicates
+    assert all(r.info.status == "FINISHED" for r in children)
 
 
-def _wait_for_checkpoint_epoch(root: Path, at_least: int, proc: subprocess.Popen, timeout: float = 300) -> int:
-    """Poll the baseline's epoch checkpoint until it records ``at_least`` completed epochs."""
+def test_killed_during_the_baseline_resumes_without_duplicate_mlflow_runs(tmp_path, cifar_root, dataset_cache):
+    env = _env(cifar_root, dataset_cache)
+    args = ["run", "--methods", "l1", *SMOKE, "--set", "dense.epochs=5", "--results-dir", str(tmp_path / "results")]
+    epoch = _kill_when_checkpointed(args, tmp_path, env, "baselines/*/train.ckpt", at_least=1)
+    again = bench(args, tmp_path, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _first_epoch_line(again.stdout, "dense s0 epoch") >= epoch + 2  # epochs 0..epoch were done (1-based)
+    _assert_one_finished_run_each(tmp_path / "results", {"dense", "l1"})
+
+
+def test_killed_during_a_method_resumes_its_phase(tmp_path, cifar_root, dataset_cache):
+    env = _env(cifar_root, dataset_cache)
+    finetune = ["--set", "method.l1.finetune.epochs=4", "--set", "method.l1.finetune.lr=0.01"]
+    args = ["run", "--methods", "l1", *SMOKE, *finetune, "--results-dir", str(tmp_path / "results")]
+    epoch = _kill_when_checkpointed(args, tmp_path, env, "runs/*/l1-s0/finetune.ckpt", at_least=1)
+    again = bench(args, tmp_path, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "dense s0 epoch" not in again.stdout  # the cached baseline is reused
+    assert _first_epoch_line(again.stdout, "l1 fine-tune s0 epoch") >= epoch + 2
+    _assert_one_finished_run_each(tmp_path / "results", {"dense", "l1"})
+
+
+def _wait_for_checkpoint_epoch(
+    root: Path, pattern: str, at_least: int, proc: subprocess.Popen, timeout: float = 300
+) -> int:
+    """Poll epoch checkpoints matching ``pattern`` until one records ``at_least`` completed epochs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for ckpt in root.glob("*/train.ckpt"):
+        for ckpt in root.glob(pattern):
             try:
                 epoch = load(ckpt)["epoch"]
             except (RuntimeError, OSError, EOFError, KeyError):

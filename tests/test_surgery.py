@@ -21,13 +21,7 @@ from bench.errors import BenchError
 from bench.plan import PruningPlan, load_plans, save_plans
 from bench.units import PrunableUnit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
