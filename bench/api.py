@@ -22,6 +22,7 @@ from bench.plan import PruningPlan
 from bench.units import PrunableUnit
 
 if TYPE_CHECKING:
+    from bench.config import PruneConfig
     from bench.datasets import DatasetSplits
 
 Phase = Literal["sparsity", "finetune", "prune"]
@@ -39,6 +40,8 @@ class Context:
 
     ``units`` are the model's current prunable units (they shrink after each round's surgery).
     ``generator`` is seeded from the run seed, so a method's randomness is reproducible.
+    ``prune`` is the run's pruning rule, for methods whose :meth:`Method.allocate` needs the target
+    (None when a caller builds a Context without a run config).
     """
 
     model_name: str
@@ -57,6 +60,7 @@ class Context:
     steps_per_epoch: int = 0
     train_size: int = 0  # images per epoch; sgl0 divides its regularizer by it
     log: Callable[[dict[str, float]], None] = field(default=lambda metrics: None)
+    prune: PruneConfig | None = None
 
 
 class Method(abc.ABC):

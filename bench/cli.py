@@ -35,13 +35,15 @@ def build_parser() -> Parser:
         description="Reproducible benchmark harness for structured pruning of CNNs.",
         epilog="examples:\n  python -m bench list methods\n  python -m bench profile --model resnet56 --plan l1-a\n"
         "  python -m bench run --methods l1,slim --model resnet20 --preset smoke --data-dir ../shared/data\n"
-        "  python -m bench speed --model resnet20 --data-dir ../shared/data",
+        "  python -m bench speed --model resnet20 --data-dir ../shared/data\n"
+        "  python -m bench sparsity RUN_ID",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_list(sub)
     _add_profile(sub)
     _add_run(sub)
     _add_speed(sub)
+    _add_sparsity(sub)
     return parser
 
 
@@ -102,6 +104,7 @@ def _add_run(sub) -> None:
     p.add_argument("--experiment", help="MLflow experiment name (default 'bench')")
     p.add_argument("--config", help="a TOML file of settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting, repeatable")
+    p.add_argument("--published", action="store_true", help="print the published figures beside ours")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
 
 
@@ -120,8 +123,23 @@ def _add_speed(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats of each loop (default 3)")
     p.add_argument("--images", type=int, default=4096, help="images for the data-pipeline comparison (default 4096)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline (default 2)")
+    p.add_argument("--ffr-model", default="resnet56", help="model for the FFR-overhead comparison (default resnet56)")
     p.add_argument("--data-dir", help=f"root holding cifar10-jpeg/ (default ${DATA_ENV})")
     p.add_argument("--results-dir", default="results", help="for the decoded-image cache (default results/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_sparsity(sub) -> None:
+    p = sub.add_parser(
+        "sparsity",
+        help="unstructured and structured sparsity curves of a stored run (or of each run under a parent)",
+        formatter_class=_formatter,
+        epilog="examples:\n  python -m bench sparsity 8a03a04ca685478cb57846ec12bef49b\n"
+        "  python -m bench sparsity RUN_ID --tracking-uri http://127.0.0.1:5000 --json",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="an MLflow run id; a parent run shows all its nested runs")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else under results/)")
+    p.add_argument("--results-dir", default="results", help="where the local store lives (default results/)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -187,6 +205,8 @@ def run_flags(args: argparse.Namespace) -> dict[str, Any]:
         prune["plan"] = args.plan
     if prune:
         flags["prune"] = prune
+    if args.published:
+        flags["published"] = True
     for key in ("tracking_uri", "results_dir", "experiment"):
         if getattr(args, key):
             flags[key] = getattr(args, key)
@@ -229,15 +249,32 @@ def cmd_speed(args: argparse.Namespace) -> int:
         args.workers,
         args.data_dir or os.environ.get(DATA_ENV),
         args.results_dir,
+        args.ffr_model,
     )
     print(json.dumps(report, indent=1) if args.json else format_speed(report))
     return 0
 
 
-COMMANDS = {"list": cmd_list, "profile": cmd_profile, "run": cmd_run, "speed": cmd_speed}
+def cmd_sparsity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.sparsity import format_curves, stored_curves
+    from bench.tracking import resolve_tracking_uri
+
+    curves = stored_curves(resolve_tracking_uri(args.tracking_uri, Path(args.results_dir).resolve()), args.run_id)
+    if args.json:
+        print(json.dumps(curves))
+    else:
+        print("fraction of weights with |w| < eps (unstr.) and of conv filters with mean |w| < eps (struct.)")
+        print(format_curves(curves))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "profile": cmd_profile, "run": cmd_run, "speed": cmd_speed, "sparsity": cmd_sparsity}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars and lines suffice
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

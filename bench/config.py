@@ -154,6 +154,7 @@ class RunConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     eval_batch_size: int = 512
+    published: bool = False  # print the published figures (results/reference/) beside ours
     latency: bool = False  # measure CPU/GPU latency of each final model
     latency_batch_size: int = 64
     results_dir: str = "results"

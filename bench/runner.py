@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench import datasets, measure, models, provenance, registry, surgery
+from bench import datasets, measure, models, provenance, registry, sparsity, surgery
 from bench.api import Context, Method
 from bench.checkpoint import atomic_save, atomic_write_text, load
 from bench.config import RunConfig, stable_hash
@@ -38,6 +38,7 @@ from bench.training import (
     seconds_per_image,
     seed_everything,
 )
+from reports.reference import with_published
 from reports.tables import comparison_table, format_table
 
 EVAL_COST = 0.45  # an eval image costs this fraction of a training image (measured: resnet20, 2-core CPU)
@@ -122,7 +123,8 @@ def _start_parent(cfg: RunConfig, tracker: Tracker, data: datasets.DatasetSplits
 
 def _finish_parent(session: Session, results: pd.DataFrame) -> None:
     table = comparison_table(results)
-    session.say("\n" + format_table(table, title=_table_title(session)))
+    shown = with_published(table, session.cfg.model, session.data.name) if session.cfg.published else table
+    session.say("\n" + format_table(shown, title=_table_title(session)))
     session.tracker.log_table(session.parent_id, results, "results.json")
     session.tracker.log_table(session.parent_id, table, "comparison_table.json")
     session.tracker.end_run(session.parent_id, "FINISHED")
@@ -227,6 +229,7 @@ def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor]
     latency = _latency(session, dense_model)  # measured on this machine every time, never cached
     row = _row("dense", seed, meta["test_acc"], meta["best_val_acc"], meta["params"], meta["macs"], meta, latency)
     if run_id is not None:
+        _log_sparsity(session, run_id, dense_model)
         reused_tag = {"bench.baseline_reused": str(reused).lower()}
         _log_finished(session, run_id, row, meta["history"], reused_tag, artifacts=[folder / "model.pt"])
     return state, row
@@ -316,6 +319,7 @@ def _context(session: Session, model: nn.Module, seed: int) -> Context:
         generator,
         session.data,
         session.data.input_size,
+        prune=session.cfg.prune,
     )
 
 
@@ -353,6 +357,8 @@ def _prune_rounds(session, name, method, model, ctx, workdir, run_id, history) -
                 run_id,
                 history,
             )
+        if r == 0:  # the trained (or sparsity-trained) model, before any channel goes
+            _log_sparsity(session, run_id, model)
         plan = _prune_once(session, method, model, ctx, r, rounds, original_macs)
         plans.append(plan)
         if r < rounds - 1:
@@ -461,6 +467,13 @@ def _measure(
     cost = measure.cost(model.cpu(), session.data.input_size)
     model.to(session.runtime.device)
     return _row(name, seed, final.test_acc, final.best_val_acc, cost.params, cost.macs, dense, _latency(session, model))
+
+
+def _log_sparsity(session: Session, run_id: str, model: nn.Module) -> None:
+    """Unstructured and structured sparsity curves: an artifact, plus metrics at fixed eps."""
+    curves = sparsity.sparsity_curves(model)
+    session.tracker.log_dict(run_id, curves.as_dict(), sparsity.ARTIFACT)
+    session.tracker.log_metrics(run_id, curves.metrics(), step=None)
 
 
 def _latency(session: Session, model: nn.Module) -> dict[str, Any]:

@@ -8,6 +8,10 @@
     ``ImageFolder`` + ``DataLoader`` with the standard per-image transforms (RandomCrop(32, 4),
     RandomHorizontalFlip, ToTensor, Normalize), in images/s (target >= 10x). A torchvision
     CIFAR10-style variant (PIL transforms from in-memory arrays, no JPEG decode) is shown too.
+(d) FFR overhead: our training step with the ``ffr`` method (default config: feature hooks and the
+    flow regularizer's forward and backward) against the same step without a method, from
+    identical model copies over the same images, batch size and memory format. Ratio = FFR time /
+    plain time (target <= 1.15, on resnet56 by default).
 Loops alternate over ``repeats`` and the median is reported, so drift hits both sides alike.
 """
 
@@ -23,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import datasets, models, provenance
+from bench import datasets, models, provenance, registry, surgery
+from bench.api import Context, Method
 from bench.augment import normalize
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
@@ -42,8 +47,9 @@ def speed(
     workers: int,
     data_dir: str | None,
     results_dir: str,
+    ffr_model: str = "resnet56",
 ) -> dict[str, Any]:
-    """Run both comparisons and return one JSON-able report."""
+    """Run every comparison and return one JSON-able report."""
     if min(batch_size, steps, repeats, images) < 1 or workers < 0:
         raise BenchError("--batch-size, --steps, --repeats and --images must be >= 1, --workers >= 0")
     if not data_dir:
@@ -59,6 +65,7 @@ def speed(
         "data_source": data.source,
         "train_step": train_step_comparison(model_name, data, runtime, batch_size, steps, repeats),
         "data_pipeline": data_pipeline_comparison(data, Path(data_dir), runtime, batch_size, images, workers, repeats),
+        "ffr_overhead": ffr_overhead_comparison(ffr_model, data, runtime, batch_size, steps, repeats),
     }
 
 
@@ -105,15 +112,8 @@ def _loop_pair(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
     opt = make_optimizer(ours_model, schedule)
     loader = train_loader(data, schedule, runtime, seed=0)
     trainer = EpochTrainer(ours_model, loader, opt, schedule, runtime, desc="speed")
-
-    def ours() -> float:
-        start = time.perf_counter()
-        trainer.run(0)
-        _sync(runtime)
-        return time.perf_counter() - start
-
     return (
-        ours,
+        _timed_epochs(trainer, runtime),
         _bare_loop(base, data, schedule, runtime, runtime.memory_format),
         _bare_loop(base, data, schedule, runtime, torch.contiguous_format),
     )
@@ -140,6 +140,18 @@ def _bare_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
         return time.perf_counter() - start
 
     return bare
+
+
+def _timed_epochs(trainer: EpochTrainer, runtime: Runtime):
+    """A closure that times one pass of ``trainer`` over its (fixed, epoch-0) batches."""
+
+    def loop() -> float:
+        start = time.perf_counter()
+        trainer.run(0)
+        _sync(runtime)
+        return time.perf_counter() - start
+
+    return loop
 
 
 def _sync(runtime: Runtime) -> None:
@@ -238,8 +250,65 @@ def _time_dataloader(loader) -> float:
     return time.perf_counter() - start
 
 
+# --- (d) FFR overhead ----------------------------------------------------------------------------
+
+
+def ffr_overhead_comparison(
+    model_name: str, data: DatasetSplits, runtime: Runtime, batch_size: int, steps: int, repeats: int
+) -> dict[str, Any]:
+    """Our training step with the ``ffr`` method against the same step with no method."""
+    seed_everything(0)
+    count = steps * batch_size
+    subset = DatasetSplits(**{**data.__dict__, "train": Split(data.train.images[:count], data.train.labels[:count])})
+    base = models.create(model_name, data.num_classes, data.input_size)
+    schedule = Schedule(epochs=1, batch_size=batch_size, lr=0.01, schedule="constant")
+    method = registry.create_method("ffr")
+    trainers = {
+        "ffr": _trainer(base, model_name, subset, schedule, runtime, method),
+        "plain": _trainer(base, model_name, subset, schedule, runtime, None),
+    }
+    loops = {name: _timed_epochs(trainer, runtime) for name, trainer in trainers.items()}
+    try:
+        for loop in loops.values():
+            loop()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in loops}
+        for _ in range(repeats):  # alternate, so drift hits both alike
+            for name, loop in loops.items():
+                times[name].append(loop())
+    finally:
+        for trainer in trainers.values():
+            trainer.close()
+    ms = {name: statistics.median(t) / len(trainers["plain"].loader) * 1e3 for name, t in times.items()}
+    return {
+        "model": model_name,
+        "batch_size": batch_size,
+        "steps": len(trainers["plain"].loader),
+        "repeats": repeats,
+        "memory_format": "channels_last" if runtime.channels_last else "contiguous",
+        "ffr_params": method.config_dict(),
+        "ffr_ms_per_step": ms["ffr"],
+        "plain_ms_per_step": ms["plain"],
+        "ratio_ffr_over_plain": ms["ffr"] / ms["plain"],
+        "target_max_ratio": 1.15,
+    }
+
+
+def _trainer(
+    base: nn.Module, model_name: str, data: DatasetSplits, schedule: Schedule, runtime: Runtime, method: Method | None
+) -> EpochTrainer:
+    model = copy.deepcopy(base).to(runtime.device, memory_format=runtime.memory_format)
+    ctx = None
+    if method is not None:
+        generator = torch.Generator().manual_seed(0)
+        ctx = Context(model_name, surgery.prunable_units(model), runtime.device, 0, generator, data, data.input_size)
+        method.setup(model, ctx)
+    loader = train_loader(data, schedule, runtime, seed=0)
+    return EpochTrainer(model, loader, make_optimizer(model, schedule), schedule, runtime, method, ctx, desc="speed")
+
+
 def format_speed(report: dict[str, Any]) -> str:
-    t, d = report["train_step"], report["data_pipeline"]
+    t, d, f = report["train_step"], report["data_pipeline"], report["ffr_overhead"]
+    params = ", ".join(f"{k}={v}" for k, v in f["ffr_params"].items())
     return "\n".join(
         [
             f"bench speed on {report['device']} ({report['cpu_or_gpu']}, {report['threads']} threads, "
@@ -257,5 +326,9 @@ def format_speed(report: dict[str, Any]) -> str:
             f"ratio {d['ratio_ours_over_imagefolder']:.1f}x (target >= {d['target_min_ratio']:.0f}x)",
             f"    PIL-from-arrays+DataLoader (torchvision CIFAR10 style) "
             f"{d['pil_arrays_dataloader_images_per_s']:,.0f} img/s   ratio {d['ratio_ours_over_pil_arrays']:.1f}x",
+            f"(d) FFR overhead, {f['model']}, batch {f['batch_size']}, median of {f['repeats']} alternating passes of "
+            f"{f['steps']} steps, {f['memory_format']}, ffr defaults ({params}):",
+            f"    with FFR {f['ffr_ms_per_step']:.1f} ms/step   plain {f['plain_ms_per_step']:.1f} ms/step   "
+            f"ratio ffr/plain {f['ratio_ffr_over_plain']:.3f} (target <= {f['target_max_ratio']})",
         ]
     )

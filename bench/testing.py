@@ -97,6 +97,7 @@ def run_pipeline(cls: type[Method], model_name: str, target: float, seed: int) -
     model = models.create(model_name, data.num_classes, data.input_size)
     dense_cost = measure.cost(model, data.input_size)
     method = cls()
+    prune = PruneConfig(target_flops_reduction=target)
     ctx = Context(
         model_name,
         surgery.prunable_units(model),
@@ -105,6 +106,7 @@ def run_pipeline(cls: type[Method], model_name: str, target: float, seed: int) -
         torch.Generator().manual_seed(seed),
         data,
         data.input_size,
+        prune=prune,
     )
     method.setup(model, ctx)
     if cls.sparsity_training:
@@ -123,7 +125,7 @@ def run_pipeline(cls: type[Method], model_name: str, target: float, seed: int) -
     scores = method.importance(model, ctx)
     check_scores(cls.name, scores, ctx)
     plan = method.allocate(model, scores, ctx) or default_plan(
-        PruneConfig(target_flops_reduction=target),
+        prune,
         model_name,
         model,
         ctx.units,

@@ -185,7 +185,10 @@ class FeatureCapture:
         self._handles = [model.get_submodule(n).register_forward_hook(self._keep) for n in names]
 
     def _keep(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        self.features.append(output)
+        # Only passes that build a graph: the per-epoch evaluation runs under no_grad with the hooks
+        # still attached, and keeping its outputs would pile up (GBs) and precede the next step's.
+        if torch.is_grad_enabled():
+            self.features.append(output)
 
     def take(self) -> list[torch.Tensor]:
         features, self.features = self.features, []

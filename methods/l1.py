@@ -54,10 +54,16 @@ class L1Norm(Method):
     def _score(self, weight: torch.Tensor) -> torch.Tensor:
         norms = weight.abs().flatten(1).sum(1)
         if self.config.normalize == "layer_mean":
-            return norms / norms.mean().clamp_min(torch.finfo(norms.dtype).tiny)
+            return layer_mean(norms)
         if self.config.normalize == "per_weight":
             return norms / weight[0].numel()
         return norms
 
     def search_space(self, trial) -> dict:
         return {"normalize": trial.suggest_categorical("normalize", list(NORMALIZATIONS))}
+
+
+def layer_mean(scores: torch.Tensor) -> torch.Tensor:
+    """``scores / scores.mean()``: the layer's average channel scores 1, whatever the layer's width
+    or fan-in (an all-zero layer stays zero instead of dividing by zero)."""
+    return scores / scores.mean().clamp_min(torch.finfo(scores.dtype).tiny)

@@ -258,3 +258,23 @@ def test_every_registered_method_conforms(name: str) -> None:
     from bench.testing import check_method
 
     check_method(name)
+
+
+# --- random --------------------------------------------------------------------------------------
+
+
+def test_random_scores_are_seeded_uniform_and_independent_of_the_weights(resnet20: nn.Module) -> None:
+    from methods.random_scores import RandomScores
+
+    first = RandomScores().importance(resnet20, make_context(resnet20, "resnet20", seed=0))
+    again = RandomScores().importance(resnet20, make_context(resnet20, "resnet20", seed=0))
+    other = RandomScores().importance(resnet20, make_context(resnet20, "resnet20", seed=1))
+    assert all(torch.equal(first[n], again[n]) for n in first)  # same seed, same plan
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+    values = torch.cat(list(first.values()))
+    assert values.min() >= 0 and values.max() < 1 and 0.35 < values.mean() < 0.65  # 336 uniform draws
+    with torch.no_grad():
+        for p in resnet20.parameters():
+            p.mul_(3.0)
+    scaled = RandomScores().importance(resnet20, make_context(resnet20, "resnet20", seed=0))
+    assert all(torch.equal(first[n], scaled[n]) for n in first)  # weights play no part

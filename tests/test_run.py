@@ -96,6 +96,21 @@ def test_runs_are_in_mlflow_with_config_metrics_and_artifacts(smoke_run):
     assert children["slim"].data.params["method_config.lam"] == "1e-05"  # resolved default for ResNets
 
 
+def test_sparsity_curves_are_stored_and_printed_beside_the_dense_baseline(smoke_run):
+    work, env, _ = smoke_run
+    client = _client(work / "results")
+    runs = _runs(client)
+    for run in (r for r in runs if "mlflow.parentRunId" in r.data.tags):
+        assert "sparsity.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert 0 <= run.data.metrics["sparsity/unstructured_eps_1e-02"] <= 1
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    proc = bench(["sparsity", parent.info.run_id, "--results-dir", str(work / "results")], work, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| eps"))
+    assert "dense s0 unstr." in header and "slim s0 struct." in header
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("| ") and "e-" in line]) >= 20
+
+
 def test_pruned_model_reloads_from_artifacts(smoke_run, tmp_path):
     work, _, _ = smoke_run
     client = _client(work / "results")
@@ -116,8 +131,10 @@ def test_pruned_model_reloads_from_artifacts(smoke_run, tmp_path):
 def test_second_run_reuses_the_baseline_and_measures_latency(smoke_run):
     work, env, _ = smoke_run
     latency = ["--set", "latency=true", "--set", "latency_batch_size=8"]  # not part of the baseline's key
-    proc = bench(["run", "--methods", "l1", *SMOKE, *latency, "--results-dir", str(work / "results")], work, env)
+    args = ["run", "--methods", "l1", *SMOKE, *latency, "--published", "--results-dir", str(work / "results")]
+    proc = bench(args, work, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| group_lasso (published, depth 20 -> 18; selected on test) |" in proc.stdout  # resnet20's row
     assert "reusing cached baseline" in proc.stdout
     assert "dense s0 epoch" not in proc.stdout  # nothing was trained for the baseline
     runs = _runs(_client(work / "results"))

@@ -33,6 +33,18 @@ DATA_FIELDS = {
     "images",
     "workers",
 }
+FFR_FIELDS = {
+    "ffr_ms_per_step",
+    "plain_ms_per_step",
+    "ratio_ffr_over_plain",
+    "target_max_ratio",
+    "model",
+    "batch_size",
+    "steps",
+    "repeats",
+    "memory_format",
+    "ffr_params",
+}
 
 
 def test_speed_report_has_every_field(cifar_root, dataset_cache, monkeypatch, tmp_path):
@@ -47,14 +59,21 @@ def test_speed_report_has_every_field(cifar_root, dataset_cache, monkeypatch, tm
         workers=0,
         data_dir=str(cifar_root),
         results_dir=str(tmp_path),
+        ffr_model="resnet20",
     )
     assert set(report["train_step"]) >= TRAIN_FIELDS
     assert set(report["data_pipeline"]) >= DATA_FIELDS
     assert report["train_step"]["ratio_ours_over_bare"] > 0
     assert report["data_pipeline"]["ours_images_per_s"] > 0
     assert "cifar10-jpeg" in report["data_source"]
+    ffr = report["ffr_overhead"]
+    assert set(ffr) >= FFR_FIELDS
+    assert ffr["model"] == "resnet20" and ffr["steps"] == 2 and ffr["target_max_ratio"] == 1.15
+    assert ffr["ffr_ms_per_step"] > 0 and ffr["plain_ms_per_step"] > 0
+    assert ffr["ratio_ffr_over_plain"] == pytest.approx(ffr["ffr_ms_per_step"] / ffr["plain_ms_per_step"])
+    assert ffr["ffr_params"]["align"] == "shortcut"
     text = format_speed(report)
-    assert "ratio ours/bare" in text and "ImageFolder+DataLoader" in text
+    assert "ratio ours/bare" in text and "ImageFolder+DataLoader" in text and "ratio ffr/plain" in text
 
 
 def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
@@ -79,6 +98,8 @@ def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
             "64",
             "--workers",
             "0",
+            "--ffr-model",
+            "resnet20",
             "--data-dir",
             str(cifar_root),
             "--results-dir",
@@ -94,3 +115,4 @@ def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert set(report["train_step"]) >= TRAIN_FIELDS and set(report["data_pipeline"]) >= DATA_FIELDS
+    assert set(report["ffr_overhead"]) >= FFR_FIELDS and report["ffr_overhead"]["model"] == "resnet20"

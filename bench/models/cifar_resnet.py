@@ -57,6 +57,7 @@ class CifarResNet(nn.Module):
         blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()  # a module (not F.relu) so that a hook sees the stem's output x_0
         in_planes = widths[0]
         stages = []
         for i, planes in enumerate(widths):
@@ -91,11 +92,11 @@ class CifarResNet(nn.Module):
         return [chain_unit(f"{n}.conv1", b.conv1.out_channels, f"{n}.bn1", (f"{n}.conv2",)) for n, b in self.blocks()]
 
     def feature_modules(self) -> list[str]:
-        """The modules whose outputs form the feature flow: the stem's BN (x_0) and each block."""
-        return ["bn1", *[n for n, _ in self.blocks()]]
+        """The modules whose outputs form the feature flow: the stem after its ReLU (x_0), then each block."""
+        return ["relu", *[n for n, _ in self.blocks()]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)

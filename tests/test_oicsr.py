@@ -1,0 +1,206 @@
+"""oicsr (Li et al. CVPR 2019, as METHODS.md reconstructs it): the out-in group regulariser, the
+per-layer energy importance, and the global greedy allocation with its per-round cap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bench import models, registry, surgery
+from bench.allocation import CostModel
+from bench.api import Context
+from bench.config import PruneConfig
+from bench.errors import BenchError
+from bench.units import chain_unit
+from methods.oicsr import OICSR, OICSRConfig, out_in_sq
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny() -> tuple[nn.Module, Context]:
+    """conv(3->4) -> conv(4->6) -> pool 2x2 -> flatten -> linear(24->3): unit '0' is consumed by
+    conv '3', unit '3' by the linear layer (4 features per channel)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 3),
+    )
+    units = [chain_unit("0", 4, "1", ("3",)), chain_unit("3", 6, "4", ("8",))]
+    return model, Context("tiny", units, torch.device("cpu"), 0, torch.Generator().manual_seed(0), input_size=8)
+
+
+def resnet20_ctx(target: float = 0.5, **prune) -> tuple[nn.Module, Context]:
+    torch.manual_seed(0)
+    model = models.create("resnet20")
+    rule = prune or {"target_flops_reduction": target}
+    ctx = Context(
+        "resnet20", surgery.prunable_units(model), torch.device("cpu"), 0, torch.Generator(), prune=PruneConfig(**rule)
+    )
+    return model, ctx
+
+
+def synthetic_scores(ctx: Context, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {u.name: torch.rand(u.channels, generator=g) for u in ctx.units}
+
+
+# --- regulariser ---------------------------------------------------------------------------------
+
+
+def test_regularizer_is_the_out_in_group_lasso() -> None:
+    model, ctx = tiny()
+    w0, w3, fc = model[0].weight, model[3].weight, model[8].weight
+    unit0 = sum((w0[i].pow(2).sum() + w3[:, i].pow(2).sum()).sqrt() for i in range(4))
+    unit3 = sum((w3[i].pow(2).sum() + fc[:, 4 * i : 4 * i + 4].pow(2).sum()).sqrt() for i in range(6))
+    reg = OICSR(OICSRConfig(lam=0.2)).regularization(model, [], ctx)
+    torch.testing.assert_close(reg, 0.2 * (unit0 + unit3))
+
+
+@pytest.mark.parametrize(("unit", "consumer"), [(0, 3), (1, 8)])
+def test_group_i_includes_the_next_layers_input_channel_i_and_only_it(unit: int, consumer: int) -> None:
+    model, ctx = tiny()
+    u = ctx.units[unit]
+    before = out_in_sq(model, u).detach().clone()
+    per_channel = 1 if consumer == 3 else 4  # the linear sees 4 features per channel
+    with torch.no_grad():
+        model[consumer].weight[:, 2 * per_channel : 3 * per_channel] += 1.0  # input channel 2
+    after = out_in_sq(model, u).detach()
+    changed = (after != before).nonzero().flatten().tolist()
+    assert changed == [2]
+    assert after[2] > before[2]
+
+
+def test_gradient_of_a_group_is_lam_times_its_direction_in_both_layers() -> None:
+    model, ctx = tiny()
+    ctx.units = ctx.units[:1]  # unit '0' only: conv '0' filters and conv '3' input channels
+    OICSR(OICSRConfig(lam=0.5)).regularization(model, [], ctx).backward()
+    w0, w3 = model[0].weight.detach(), model[3].weight.detach()
+    norms = (w0.flatten(1).pow(2).sum(1) + w3.transpose(0, 1).flatten(1).pow(2).sum(1)).sqrt()
+    torch.testing.assert_close(model[0].weight.grad, 0.5 * w0 / norms.view(-1, 1, 1, 1))
+    torch.testing.assert_close(model[3].weight.grad, 0.5 * w3 / norms.view(1, -1, 1, 1))
+
+
+# --- importance ----------------------------------------------------------------------------------
+
+
+def test_importance_is_each_layers_energy_share() -> None:
+    model, ctx = resnet20_ctx()
+    share = OICSR().importance(model, ctx)
+    mean = OICSR(OICSRConfig(normalize="layer_mean")).importance(model, ctx)
+    for u in ctx.units:
+        conv1, conv2 = model.get_submodule(u.name), model.get_submodule(u.name.replace("conv1", "conv2"))
+        energy = conv1.weight.detach().pow(2).sum((1, 2, 3)) + conv2.weight.detach().pow(2).sum((0, 2, 3))
+        torch.testing.assert_close(share[u.name], energy / energy.sum())
+        torch.testing.assert_close(share[u.name].sum(), torch.tensor(1.0))
+        torch.testing.assert_close(mean[u.name], energy / energy.mean())
+        assert not share[u.name].requires_grad
+
+
+# --- allocation ----------------------------------------------------------------------------------
+
+
+def test_no_unit_loses_more_than_half_in_one_round_even_with_the_lowest_scores() -> None:
+    model, ctx = resnet20_ctx(0.3)
+    method = OICSR()
+    method.setup(model, ctx)
+    scores = synthetic_scores(ctx)
+    weakest = ["layer1.0.conv1", "layer3.0.conv1"]
+    for name in weakest:
+        scores[name] = scores[name] * 1e-3  # every channel below every other unit's
+    plan = method.allocate(model, scores, ctx)
+    widths = {u.name: u.channels for u in ctx.units}
+    for name in weakest:
+        assert len(plan.keep[name]) == widths[name] // 2  # capped at 50%, not emptied
+    achieved = 1 - CostModel(surgery.apply(model, plan), surgery.prunable_units(model)).base / method.original_macs
+    assert 0.3 <= achieved <= 0.31
+
+
+def test_three_rounds_reach_the_cumulative_target() -> None:
+    model, ctx = resnet20_ctx(0.5)
+    method = OICSR()
+    method.setup(model, ctx)
+    ctx.rounds = method.rounds(ctx)
+    assert ctx.rounds == 3
+    for r in range(ctx.rounds):
+        ctx.round = r
+        before = {u.name: u.channels for u in ctx.units}
+        plan = method.allocate(model, synthetic_scores(ctx, seed=r), ctx)
+        assert plan.meta["round"] == r and plan.meta["rule"] == "target_flops_reduction"
+        surgery.apply(model, plan)
+        ctx.units = surgery.prunable_units(model)
+        for u in ctx.units:
+            assert u.channels >= before[u.name] - before[u.name] // 2
+        achieved = 1 - CostModel(model, ctx.units).base / method.original_macs
+        assert 0.5 * (r + 1) / 3 <= achieved <= 0.5 * (r + 1) / 3 + 0.01
+        assert plan.meta["predicted_macs"] == pytest.approx(CostModel(model, ctx.units).base)
+
+
+def test_a_target_the_cap_cannot_reach_is_a_bench_error_naming_the_settings() -> None:
+    model, ctx = resnet20_ctx(0.6)  # one round may remove at most about half of resnet20's MACs
+    method = OICSR(OICSRConfig(rounds=1))
+    method.setup(model, ctx)
+    with pytest.raises(BenchError, match=r"max_layer_fraction=0\.5.*rounds \(now 1\)"):
+        method.allocate(model, synthetic_scores(ctx), ctx)
+    ctx.rounds = 2  # the same target in two rounds is reachable
+    assert method.allocate(model, synthetic_scores(ctx), ctx) is not None
+
+
+def test_channel_fraction_is_greedy_and_capped_and_layer_rules_defer_to_the_harness() -> None:
+    model, ctx = resnet20_ctx(channel_fraction=0.3)
+    method = OICSR()
+    method.setup(model, ctx)
+    ctx.rounds = 1
+    scores = synthetic_scores(ctx)
+    scores["layer1.0.conv1"] = scores["layer1.0.conv1"] * 1e-3
+    plan = method.allocate(model, scores, ctx)
+    total = sum(u.channels for u in ctx.units)
+    removed = sum(u.channels - len(plan.keep.get(u.name, range(u.channels))) for u in ctx.units)
+    assert removed == round(0.3 * total)
+    assert len(plan.keep["layer1.0.conv1"]) == 8
+    for rule in ({"layer_ratio": 0.2}, {"plan": "l1-a"}):
+        ctx.prune = PruneConfig(**rule)
+        assert method.allocate(model, scores, ctx) is None
+    ctx.prune = None
+    assert method.allocate(model, scores, ctx) is None
+
+
+def test_min_keep_fraction_still_holds_under_the_cap() -> None:
+    model, ctx = resnet20_ctx(target_flops_reduction=0.2, min_keep_fraction=0.75)
+    method = OICSR()
+    method.setup(model, ctx)
+    scores = synthetic_scores(ctx)
+    scores["layer2.1.conv1"] = scores["layer2.1.conv1"] * 1e-3
+    plan = method.allocate(model, scores, ctx)
+    assert len(plan.keep["layer2.1.conv1"]) == 24  # 75% of 32, though the cap alone allows 16
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+def test_rounds_start_state_and_bad_params() -> None:
+    assert OICSR.start == "dense" and OICSR.sparsity_training
+    model, ctx = resnet20_ctx()
+    method = OICSR(OICSRConfig(rounds=4))
+    assert method.rounds(ctx) == 4
+    method.setup(model, ctx)
+    restored = OICSR()
+    restored.load_state_dict(method.state_dict())
+    assert restored.original_macs == method.original_macs == pytest.approx(40.55e6, rel=1e-3)
+    with pytest.raises(BenchError, match=r"max_layer_fraction must be in \(0, 1\]"):
+        registry.create_method("oicsr", {"max_layer_fraction": 0.0})
+    with pytest.raises(BenchError, match=r"rounds must be an integer >= 1"):
+        registry.create_method("oicsr", {"rounds": 0})
+
+
+def test_search_space_samples_config_kwargs() -> None:
+    optuna = pytest.importorskip("optuna")
+    params = OICSR().search_space(optuna.trial.FixedTrial({"lam": 1e-4, "rounds": 2, "normalize": "layer_mean"}))
+    assert OICSR.from_params(params).config == OICSRConfig(lam=1e-4, rounds=2, normalize="layer_mean")
