@@ -139,59 +139,80 @@ def plan_from_counts(
     return PruningPlan(model_name, keep, channels, backend, dict(meta or {}))
 
 
-def _candidates(units: list[PrunableUnit], scores: Scores, min_keep_fraction: float) -> list[tuple[float, str]]:
-    """Prunable channels in ascending score order, excluding each unit's protected minimum."""
+class TargetUnreachable(BenchError):
+    """No allowed pruning reaches the FLOPs target; ``most`` is the best reduction there is."""
+
+    def __init__(self, message: str, most: float) -> None:
+        super().__init__(message)
+        self.most = most
+
+
+def candidates(
+    units: list[PrunableUnit], scores: Scores, min_keep_fraction: float = 0.0, max_prune_fraction: float = 1.0
+) -> list[tuple[float, str]]:
+    """The channels that may go, in ascending score order: the lowest-scoring channels of each unit,
+    at most ``floor(max_prune_fraction * C)`` of it (per-round caps such as OICSR's), never touching
+    its protected minimum. Ties keep unit order."""
     out: list[tuple[float, str]] = []
     for unit in units:
         s = scores[unit.name].float()
         if s.numel() != unit.channels:
             raise BenchError(f"importance of '{unit.name}' has {s.numel()} scores for {unit.channels} channels")
-        protected = min_keep(unit.channels, min_keep_fraction)
-        ranked = torch.sort(s, stable=True).values[: unit.channels - protected]
-        out.extend((float(v), unit.name) for v in ranked)
+        cap = min(
+            math.floor(max_prune_fraction * unit.channels + _FLOAT_SLACK),
+            unit.channels - min_keep(unit.channels, min_keep_fraction),
+        )
+        out.extend((float(v), unit.name) for v in torch.sort(s, stable=True).values[:cap])
     out.sort(key=lambda item: item[0])
     return out
 
 
-def _counts_after(units: list[PrunableUnit], candidates: list[tuple[float, str]], k: int) -> dict[str, int]:
+def counts_after(units: list[PrunableUnit], ranked: list[tuple[float, str]], k: int) -> dict[str, int]:
+    """Kept counts per unit after removing the first ``k`` of ``ranked``."""
     counts = {u.name: u.channels for u in units}
-    for _, name in candidates[:k]:
+    for _, name in ranked[:k]:
         counts[name] -= 1
     return counts
 
 
 def by_flops_target(
-    units: list[PrunableUnit], scores: Scores, cost: CostModel, target: float, min_keep_fraction: float = 0.0
+    units: list[PrunableUnit],
+    scores: Scores,
+    cost: CostModel,
+    target: float,
+    min_keep_fraction: float = 0.0,
+    max_prune_fraction: float = 1.0,
 ) -> dict[str, int]:
     """Kept counts for the smallest global threshold whose MACs reduction reaches ``target``.
 
     Binary search over how many of the globally lowest-scoring channels go; MACs never increase as
     more channels go, so the search is exact up to one channel.
     """
-    candidates = _candidates(units, scores, min_keep_fraction)
-    most = cost.reduction(_counts_after(units, candidates, len(candidates)))
+    ranked = candidates(units, scores, min_keep_fraction, max_prune_fraction)
+    most = cost.reduction(counts_after(units, ranked, len(ranked)))
     if most < target:
-        raise BenchError(
+        raise TargetUnreachable(
             f"target FLOPs reduction {target:.3f} is unreachable: pruning every prunable channel gives "
-            f"{most:.3f} under this rule; lower --target-flops-reduction"
+            f"{most:.3f} under this rule; lower --target-flops-reduction",
+            most,
         )
-    lo, hi = 0, len(candidates)
+    lo, hi = 0, len(ranked)
     while lo < hi:
         mid = (lo + hi) // 2
-        if cost.reduction(_counts_after(units, candidates, mid)) >= target:
+        if cost.reduction(counts_after(units, ranked, mid)) >= target:
             hi = mid
         else:
             lo = mid + 1
-    return _counts_after(units, candidates, lo)
+    return counts_after(units, ranked, lo)
 
 
 def by_channel_fraction(
     units: list[PrunableUnit], scores: Scores, fraction: float, min_keep_fraction: float = 0.0
 ) -> dict[str, int]:
     """Kept counts after pruning ``fraction`` of all channels by one global threshold."""
-    candidates = _candidates(units, scores, min_keep_fraction)
+    ranked = candidates(units, scores, min_keep_fraction)
     total = sum(u.channels for u in units)
-    return _counts_after(units, candidates, min(len(candidates), round(fraction * total)))
+    return counts_after(units, ranked, min(len(ranked), round(fraction * total)))
 
 
 def by_layer_ratio(units: list[PrunableUnit], ratio: float, min_keep_fraction: float = 0.0) -> dict[str, int]:

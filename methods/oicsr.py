@@ -44,14 +44,13 @@ Chosen (the full text could not be read; METHODS.md fixed the first three):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench.allocation import CostModel, min_keep, plan_from_counts
+from bench.allocation import CostModel, TargetUnreachable, by_flops_target, candidates, counts_after, plan_from_counts
 from bench.api import Context, Method
 from bench.errors import BenchError
 from bench.plan import PruningPlan
@@ -126,21 +125,28 @@ class OICSR(Method):
         if prune is None or prune.rule not in ("target_flops_reduction", "channel_fraction"):
             return None  # no run config, or a rule that fixes per-layer counts: the harness's rule
         cost = CostModel(model, ctx.units, ctx.input_size)
-        allowed = capped_candidates(ctx.units, scores, self.config.max_layer_fraction, prune.min_keep_fraction)
+        cap = self.config.max_layer_fraction
         meta: dict[str, Any] = {
             "rule": prune.rule,
             "round": ctx.round,
             "rounds": ctx.rounds,
             "allocator": "oicsr greedy",
-            "max_layer_fraction": self.config.max_layer_fraction,
+            "max_layer_fraction": cap,
         }
         if prune.rule == "target_flops_reduction":
             target = round_target(
                 prune.target_flops_reduction, ctx.round, ctx.rounds, self._original(cost, ctx), cost.base
             )
             meta["round_target"] = target
-            counts = self._greedy_flops(ctx, cost, allowed, target)
+            try:
+                counts = by_flops_target(ctx.units, scores, cost, target, prune.min_keep_fraction, cap)
+            except TargetUnreachable as exc:
+                needed, most = f"a MACs reduction of {target:.3f}", f"{exc.most:.3f}"
+                raise BenchError(
+                    self._unreachable(ctx, needed, most) + " or lower prune.target_flops_reduction"
+                ) from exc
         else:
+            allowed = candidates(ctx.units, scores, prune.min_keep_fraction, cap)
             share = prune.channel_fraction / ctx.rounds  # of the current channels, as the harness rule
             k = round(share * sum(u.channels for u in ctx.units))
             if k > len(allowed):
@@ -171,24 +177,6 @@ class OICSR(Method):
             raise BenchError("oicsr: setup() was not called on the unpruned model, so round targets are unknown")
         return cost.base
 
-    def _greedy_flops(self, ctx: Context, cost: CostModel, allowed: list[tuple[float, str]], target: float):
-        """The shortest prefix of ``allowed`` whose MACs reduction reaches ``target`` (binary search:
-        MACs never increase as more channels go)."""
-        most = cost.reduction(counts_after(ctx.units, allowed, len(allowed)))
-        if most < target:
-            raise BenchError(
-                self._unreachable(ctx, f"a MACs reduction of {target:.3f}", f"{most:.3f}")
-                + " or lower prune.target_flops_reduction"
-            )
-        lo, hi = 0, len(allowed)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if cost.reduction(counts_after(ctx.units, allowed, mid)) >= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        return counts_after(ctx.units, allowed, lo)
-
     def _unreachable(self, ctx: Context, needed: str, most: str) -> str:
         return (
             f"oicsr round {ctx.round + 1} of {ctx.rounds} needs {needed} relative to the current model, but "
@@ -200,30 +188,3 @@ class OICSR(Method):
 def out_in_sq(model: nn.Module, unit: PrunableUnit) -> torch.Tensor:
     """Per channel i of ``unit``: ||W_l[i]||^2 + sum over consumers ||W_{l+1}[:, i]||^2 (keeps the graph)."""
     return sum(member_sq(model, unit, "out") + member_sq(model, unit, "in"))
-
-
-def capped_candidates(
-    units: list[PrunableUnit], scores: dict[str, torch.Tensor], max_fraction: float, min_keep_fraction: float
-) -> list[tuple[float, str]]:
-    """The channels one round may remove, ascending by score: the lowest-scoring channels of each
-    unit up to its cap ``floor(max_fraction * C)``, never below ``min_keep``. Ties keep unit order."""
-    out: list[tuple[float, str]] = []
-    for unit in units:
-        s = scores[unit.name].float()
-        if s.numel() != unit.channels:
-            raise BenchError(f"importance of '{unit.name}' has {s.numel()} scores for {unit.channels} channels")
-        cap = min(
-            math.floor(max_fraction * unit.channels + _FLOAT_SLACK),
-            unit.channels - min_keep(unit.channels, min_keep_fraction),
-        )
-        out.extend((float(v), unit.name) for v in torch.sort(s, stable=True).values[:cap])
-    out.sort(key=lambda item: item[0])
-    return out
-
-
-def counts_after(units: list[PrunableUnit], candidates: list[tuple[float, str]], k: int) -> dict[str, int]:
-    """Kept counts per unit after removing the first ``k`` candidates."""
-    counts = {u.name: u.channels for u in units}
-    for _, name in candidates[:k]:
-        counts[name] -= 1
-    return counts

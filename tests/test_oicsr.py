@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from method_models import tiny
 from torch import nn
 
 from bench import models, registry, surgery
@@ -12,29 +13,9 @@ from bench.allocation import CostModel
 from bench.api import Context
 from bench.config import PruneConfig
 from bench.errors import BenchError
-from bench.units import chain_unit
 from methods.oicsr import OICSR, OICSRConfig, out_in_sq
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny() -> tuple[nn.Module, Context]:
-    """conv(3->4) -> conv(4->6) -> pool 2x2 -> flatten -> linear(24->3): unit '0' is consumed by
-    conv '3', unit '3' by the linear layer (4 features per channel)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=False),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1, bias=False),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(24, 3),
-    )
-    units = [chain_unit("0", 4, "1", ("3",)), chain_unit("3", 6, "4", ("8",))]
-    return model, Context("tiny", units, torch.device("cpu"), 0, torch.Generator().manual_seed(0), input_size=8)
 
 
 def resnet20_ctx(target: float = 0.5, **prune) -> tuple[nn.Module, Context]:
