@@ -300,7 +300,7 @@ def _method_pipeline(session, name, cls, seed, dense_state, dense_row, workdir, 
     method.setup(model, ctx)
     session.tracker.log_params(run_id, _method_params(cfg, name, method))
     history: list[dict[str, float]] = []
-    plans = _prune_rounds(session, name, method, model, ctx, workdir, run_id, history)
+    plans = _prune_rounds(session, name, method, model, ctx, workdir, run_id, history, dense_row["macs"])
     final = _finetune(session, name, method, model, ctx, workdir, run_id, history)
     row = _measure(session, name, seed, model, final, dense_row)
     save_plans(plans, workdir / "plans.json")
@@ -333,12 +333,12 @@ def _method_params(cfg: RunConfig, name: str, method: Method) -> dict[str, Any]:
     }
 
 
-def _prune_rounds(session, name, method, model, ctx, workdir, run_id, history) -> list[PruningPlan]:
-    """Sparsity training, importance, allocation and surgery, for each round; resumable per round."""
+def _prune_rounds(session, name, method, model, ctx, workdir, run_id, history, original_macs) -> list[PruningPlan]:
+    """Sparsity training, importance, allocation and surgery, for each round; resumable per round.
+
+    ``original_macs`` is the unpruned model's count (the dense row's), the base of cumulative targets.
+    """
     plans = _restore_rounds(session, method, model, ctx, workdir)
-    original_macs = measure.count_macs(
-        models.create(session.cfg.model, session.data.num_classes, session.data.input_size), session.data.input_size
-    )
     rounds = method.rounds(ctx)
     ctx.rounds = rounds
     for r in range(len(plans), rounds):

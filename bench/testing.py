@@ -82,12 +82,14 @@ def check_config_roundtrip(cls: type[Method]) -> None:
     assert dataclasses.is_dataclass(method.config), f"{cls.name}: Config must be a dataclass"
     params = json.loads(json.dumps(dataclasses.asdict(method.config)))
     assert cls.from_params(params).config == method.config, f"{cls.name}: config does not round-trip through JSON"
-    with _raises_for(cls.name, "a frozen Config"):
-        fields = dataclasses.fields(method.config)
-        if fields:
+    fields = dataclasses.fields(method.config)
+    if fields:
+        try:
             setattr(method.config, fields[0].name, None)
+        except dataclasses.FrozenInstanceError:
+            pass
         else:
-            raise dataclasses.FrozenInstanceError
+            raise AssertionError(f"{cls.name}: expected a frozen Config")
 
 
 def run_pipeline(cls: type[Method], model_name: str, target: float, seed: int) -> Outcome:
@@ -168,19 +170,3 @@ def check_forward_backward(name: str, model: nn.Module, data: DatasetSplits) -> 
     logits = model(x)
     assert logits.shape == (4, data.num_classes), f"{name}: pruned model output {tuple(logits.shape)}"
     logits.sum().backward()
-
-
-class _raises_for:
-    """Context manager asserting that the block raises (a frozen dataclass refuses assignment)."""
-
-    def __init__(self, name: str, what: str) -> None:
-        self.name, self.what = name, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        assert exc_type is not None and issubclass(exc_type, dataclasses.FrozenInstanceError), (
-            f"{self.name}: expected {self.what}"
-        )
-        return True
