@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import torch
 from torch import nn
 
-from bench import allocation, named_plans
+from bench import allocation, models, named_plans, surgery
 from bench.allocation import Scores
 from bench.config import PruneConfig
 from bench.errors import BenchError
@@ -51,3 +54,27 @@ def default_plan(
         counts = allocation.by_flops_target(units, scores, cost, target, prune.min_keep_fraction)
     meta["predicted_macs"] = cost.macs(counts)
     return allocation.plan_from_counts(model_name, units, scores, counts, backend, meta)
+
+
+def inherited_model(
+    model_name: str,
+    num_classes: int,
+    input_size: int,
+    plans: Sequence[PruningPlan],
+    *,
+    fresh_init_seed: int | None,
+    dense_state: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """The architecture that ``plans`` (applied in order) make of ``model_name``.
+
+    With ``fresh_init_seed`` every weight is drawn again at the pruned shapes (the scratch control);
+    otherwise the kept weights of ``dense_state`` (or of the construction init) stay.
+    """
+    model = models.create(model_name, num_classes, input_size)
+    if dense_state is not None:
+        model.load_state_dict(dense_state)
+    for plan in plans:
+        surgery.apply(model, plan, input_size)
+    if fresh_init_seed is not None:
+        models.reinitialize(model, fresh_init_seed)
+    return model

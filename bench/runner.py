@@ -4,6 +4,9 @@
     setup -> [sparsity training -> importance -> allocation -> surgery]* -> fine-tune -> measure
     -> MLflow (parent run per invocation, nested run per method and seed) -> comparison table
 
+A method that inherits its architecture (``Method.plan_source``, the scratch control) replaces the
+rounds and the fine-tuning by: replay the source's plans -> re-initialise -> train -> measure.
+
 A killed invocation resumes: the parent MLflow run is found by the config hash, each phase resumes
 from its last epoch checkpoint, and finished (method, seed) pairs are not run again.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +24,13 @@ import torch
 from torch import nn
 
 from bench import datasets, measure, models, provenance, registry, sparsity, surgery
-from bench.api import Context, Method
+from bench.api import Context, Inherited, Method
 from bench.checkpoint import atomic_save, atomic_write_text, load
-from bench.config import RunConfig, stable_hash
+from bench.config import RunConfig, Schedule, stable_hash
+from bench.errors import BenchError
 from bench.paths import Paths, prepare_results_dir
 from bench.plan import PruningPlan, load_plans, save_plans
-from bench.pruning import default_plan
+from bench.pruning import default_plan, inherited_model
 from bench.tracking import Tracker, resolve_tracking_uri
 from bench.training import (
     FitResult,
@@ -55,6 +59,7 @@ class Session:
     tracker: Tracker
     parent_id: str
     say: Any = print
+    external: dict[str, Inherited] = field(default_factory=dict)  # "run:<id>" plan sources, read once
 
 
 def load_data(cfg: RunConfig, paths: Paths) -> datasets.DatasetSplits:
@@ -75,17 +80,20 @@ def run(cfg: RunConfig, *, progress: bool = True, say: Any = print) -> pd.DataFr
     """Run every method over every seed; returns one row per (method or dense, seed)."""
     models.validate_name(cfg.model)
     method_classes = {name: registry.get_method(name) for name in cfg.methods}
-    for name, cls in method_classes.items():
-        cls.from_params(cfg.method_params(name))  # bad hyperparameters fail now, not after the baseline
+    # bad hyperparameters and plan sources fail now, not after the baseline
+    methods = {name: cls.from_params(cfg.method_params(name)) for name, cls in method_classes.items()}
+    sources = plan_sources(cfg, methods)
+    method_classes = {name: method_classes[name] for name in run_order(cfg.methods, sources)}
     paths = prepare_results_dir(cfg.results_dir)
     data = load_data(cfg, paths)
     runtime = Runtime(
         resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.eval_batch_size, cfg.data.augment, progress
     )
     tracker = Tracker(resolve_tracking_uri(cfg.tracking_uri, paths.root), cfg.experiment)
-    say(describe_plan(cfg, data, runtime, method_classes, paths))
+    external = {s: inherited_from_run(tracker, s, cfg.model) for s in sources.values() if s.startswith(RUN_SOURCE)}
+    say(describe_plan(cfg, data, runtime, {n: methods[n] for n in method_classes}, external))
     parent_id = _start_parent(cfg, tracker, data)
-    session = Session(cfg, paths, data, runtime, tracker, parent_id, say)
+    session = Session(cfg, paths, data, runtime, tracker, parent_id, say, external)
     try:
         rows = []
         for seed in cfg.seeds:
@@ -144,9 +152,11 @@ def _table_title(session: Session) -> str:
 # --- planning ------------------------------------------------------------------------------------
 
 
-def describe_plan(cfg: RunConfig, data, runtime: Runtime, methods: dict[str, type[Method]], paths: Paths) -> str:
+def describe_plan(
+    cfg: RunConfig, data, runtime: Runtime, methods: dict[str, Method], external: dict[str, Inherited]
+) -> str:
     """The planned work (phases, epochs, images) and an estimate from measured throughput."""
-    phases = _phases(cfg, methods)
+    phases = _phases(cfg, methods, external)
     train_images = sum(epochs * len(data.train) for _, epochs in phases) * len(cfg.seeds)
     eval_images = sum(epochs for _, epochs in phases) * (len(data.val) + len(data.test)) * len(cfg.seeds)
     probe = models.create(cfg.model, data.num_classes, data.input_size)
@@ -168,13 +178,44 @@ def describe_plan(cfg: RunConfig, data, runtime: Runtime, methods: dict[str, typ
     return "\n".join(lines)
 
 
-def _phases(cfg: RunConfig, methods: dict[str, type[Method]]) -> list[tuple[str, int]]:
+def _phases(cfg: RunConfig, methods: dict[str, Method], external: dict[str, Inherited]) -> list[tuple[str, int]]:
+    """(label, epochs per seed) of every training phase; inherited budgets use the planned sources."""
     phases = [("dense baseline (cached if present)", cfg.dense.epochs)]
-    for name, cls in methods.items():
-        if cls.sparsity_training:
-            phases.append((f"{name}: sparsity training", cfg.sparsity_schedule(name).epochs))
-        phases.append((f"{name}: fine-tune", cfg.finetune_schedule(name).epochs))
+    for name, method in methods.items():
+        source = method.plan_source(cfg.methods)
+        if source is not None:
+            planned = external.get(source) or _planned_inheritance(cfg, source, methods[source])
+            epochs = _inherited_schedule(cfg, name, method, planned).epochs
+            phases.append((f"{name}: train ({source}'s architecture)", epochs))
+            continue
+        rounds = _planned_rounds(cfg, method)
+        suffix = f" x {rounds} rounds" if rounds > 1 else ""
+        if method.sparsity_training:
+            phases.append((f"{name}: sparsity training{suffix}", cfg.sparsity_schedule(name).epochs * rounds))
+        phases.append((f"{name}: fine-tune{suffix}", cfg.finetune_schedule(name).epochs * rounds))
     return phases
+
+
+def _planned_rounds(cfg: RunConfig, method: Method) -> int:
+    """The method's prune rounds, asked before any model exists (rounds hooks read their config)."""
+    ctx = Context(cfg.model, [], torch.device("cpu"), 0, torch.Generator(), prune=cfg.prune)
+    return method.rounds(ctx)
+
+
+def pipeline_epochs(cfg: RunConfig, name: str, method: Method, rounds: int) -> int:
+    """Every epoch that produced a method's final model: its dense baseline's (when it starts from it),
+    its sparsity phases and its fine-tuning, over all rounds. The scratch control's budget."""
+    per_round = cfg.finetune_schedule(name).epochs
+    if method.sparsity_training:
+        per_round += cfg.sparsity_schedule(name).epochs
+    return (cfg.dense.epochs if method.start == "dense" else 0) + rounds * per_round
+
+
+def _planned_inheritance(cfg: RunConfig, source: str, method: Method) -> Inherited:
+    """What a same-run source will hand over, for the estimate: its epochs, and MACs at the target."""
+    epochs = pipeline_epochs(cfg, source, method, _planned_rounds(cfg, method))
+    kept = 1 - (cfg.prune.target_flops_reduction or 0.0)
+    return Inherited(source, None, (), epochs, max(1, round(1e6 * kept)), 1_000_000)
 
 
 def _duration(seconds: float) -> str:
@@ -183,6 +224,107 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+# --- inherited architectures (the scratch control) ----------------------------------------------
+
+RUN_SOURCE = "run:"
+
+
+def plan_sources(cfg: RunConfig, methods: dict[str, Method]) -> dict[str, str]:
+    """method -> its plan source, for the methods that inherit an architecture; checked here."""
+    sources = {}
+    for name, method in methods.items():
+        source = method.plan_source(cfg.methods)
+        if source is None:
+            continue
+        if not source.startswith(RUN_SOURCE):
+            if source not in methods or source == name:
+                others = [m for m in cfg.methods if m != name] or ["none"]
+                raise BenchError(
+                    f"{name}'s plan source '{source}' is not another method of this run (--methods: "
+                    f"{', '.join(others)}); add it to --methods or use source=run:<MLflow run id>"
+                )
+            if methods[source].plan_source(cfg.methods) is not None:
+                raise BenchError(
+                    f"{name}'s plan source '{source}' inherits its own architecture; name a method that prunes"
+                )
+        sources[name] = source
+    return sources
+
+
+def run_order(methods: tuple[str, ...], sources: dict[str, str]) -> list[str]:
+    """The order given, except that a method inheriting an architecture runs after every other."""
+    return [m for m in methods if m not in sources] + [m for m in methods if m in sources]
+
+
+def inherited_from_run(tracker: Tracker, source: str, model: str) -> Inherited:
+    """The plans and budget of a finished method run of this store, checked against ``model``."""
+    run_id = source[len(RUN_SOURCE) :].strip()
+    run = tracker.get_run(run_id)
+    if run.info.status != "FINISHED":
+        raise BenchError(f"plan source run '{run_id}' is {run.info.status}, not FINISHED; name a finished method run")
+    plans = tuple(PruningPlan.from_dict(d) for d in tracker.read_json(run_id, "plans.json"))
+    if plans and plans[0].model != model:
+        raise BenchError(f"plan source run '{run_id}' pruned {plans[0].model}, but this run's model is {model}")
+    metrics = run.data.metrics
+    missing = [k for k in ("train_epochs", "macs", "dense_macs") if k not in metrics]
+    if missing:
+        raise BenchError(
+            f"plan source run '{run_id}' lacks the metrics {', '.join(missing)} (logged by bench run since "
+            "the scratch control was added); re-run its method or name a newer run"
+        )
+    return Inherited(
+        source, run_id, plans, int(metrics["train_epochs"]), int(metrics["macs"]), int(metrics["dense_macs"])
+    )
+
+
+def _inherited_in_run(session: Session, source: str, seed: int) -> Inherited:
+    """A same-run source's plans for ``seed``, from its finished work directory."""
+    folder = session.paths.runs / session.parent_id / f"{source}-s{seed}"
+    row = json.loads((folder / "result.json").read_text())
+    if "train_epochs" not in row:
+        raise BenchError(f"{source} seed {seed} in {folder} finished before epoch budgets were recorded; re-run it")
+    plans = tuple(load_plans(folder / "plans.json"))
+    return Inherited(
+        source, row.get("run_id"), plans, int(row["train_epochs"]), int(row["macs"]), int(row["dense_macs"])
+    )
+
+
+def _inherited_schedule(cfg: RunConfig, name: str, method: Method, inherited: Inherited) -> Schedule:
+    """An explicit ``method.<name>.finetune`` schedule wins; otherwise the method's own choice."""
+    override = cfg.method.get(name)
+    if override is not None and override.finetune is not None:
+        return override.finetune
+    return method.inherited_schedule(cfg.dense, inherited)
+
+
+def _inherited_pipeline(session, name, cls, method, source, seed, dense_state, dense_row, workdir, run_id) -> dict:
+    """Replay the source's plans, re-initialise (start="scratch"), train once, measure, log."""
+    cfg, data = session.cfg, session.data
+    inherited = session.external.get(source) or _inherited_in_run(session, source, seed)
+    seed_everything(seed, cfg.deterministic)
+    model = inherited_model(
+        cfg.model,
+        data.num_classes,
+        data.input_size,
+        inherited.plans,
+        fresh_init_seed=seed if cls.start == "scratch" else None,
+        dense_state=dense_state if cls.start == "dense" else None,
+    )
+    ctx = _context(session, model, seed)
+    method.setup(model, ctx)
+    schedule = _inherited_schedule(cfg, name, method, inherited)
+    session.tracker.log_params(run_id, {**_method_params(cfg, name, method), "train_schedule": asdict(schedule)})
+    session.tracker.set_tags(run_id, {"bench.plan_source": source, "bench.plan_source_run": inherited.run_id or ""})
+    ctx.phase = "train"
+    hooks = method if method.finetune_hooks else None
+    history: list[dict[str, float]] = []
+    final = _fit_phase(
+        session, name, hooks, model, ctx, schedule, workdir / "train.ckpt", f"{name} train", run_id, history
+    )
+    row = {**_measure(session, name, seed, model, final, dense_row), "train_epochs": schedule.epochs}
+    return _save_and_log(session, run_id, row, list(inherited.plans), model, workdir)
 
 
 # --- dense baseline ------------------------------------------------------------------------------
@@ -228,6 +370,7 @@ def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor]
     dense_model.load_state_dict(state)
     latency = _latency(session, dense_model)  # measured on this machine every time, never cached
     row = _row("dense", seed, meta["test_acc"], meta["best_val_acc"], meta["params"], meta["macs"], meta, latency)
+    row["train_epochs"] = len(meta["history"])
     if run_id is not None:
         _log_sparsity(session, run_id, dense_model)
         reused_tag = {"bench.baseline_reused": str(reused).lower()}
@@ -279,7 +422,13 @@ def run_method(
         tags={"bench.method": name, "bench.seed": str(seed)},
     )
     try:
-        row = _method_pipeline(session, name, cls, seed, dense_state, dense_row, workdir, run_id)
+        method = cls.from_params(session.cfg.method_params(name))
+        source = method.plan_source(session.cfg.methods)
+        if source is None:
+            row = _method_pipeline(session, name, cls, method, seed, dense_state, dense_row, workdir, run_id)
+        else:
+            args = (session, name, cls, method, source, seed, dense_state, dense_row, workdir, run_id)
+            row = _inherited_pipeline(*args)
     except BaseException as exc:  # a kill (KeyboardInterrupt) or a failure: say so in MLflow, then re-raise
         session.tracker.set_tags(run_id, {"bench.error": repr(exc)[:500]})
         session.tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -288,11 +437,10 @@ def run_method(
     return row
 
 
-def _method_pipeline(session, name, cls, seed, dense_state, dense_row, workdir, run_id) -> dict[str, Any]:
+def _method_pipeline(session, name, cls, method, seed, dense_state, dense_row, workdir, run_id) -> dict[str, Any]:
     """setup -> prune rounds -> fine-tune -> measure -> log; each phase resumes from its checkpoint."""
     cfg, data = session.cfg, session.data
     seed_everything(seed, cfg.deterministic)
-    method = cls.from_params(cfg.method_params(name))
     model = models.create(cfg.model, data.num_classes, data.input_size)
     if cls.start == "dense":
         model.load_state_dict(dense_state)
@@ -303,10 +451,16 @@ def _method_pipeline(session, name, cls, seed, dense_state, dense_row, workdir, 
     plans = _prune_rounds(session, name, method, model, ctx, workdir, run_id, history, dense_row["macs"])
     final = _finetune(session, name, method, model, ctx, workdir, run_id, history)
     row = _measure(session, name, seed, model, final, dense_row)
+    row["train_epochs"] = pipeline_epochs(cfg, name, method, len(plans))
+    return _save_and_log(session, run_id, row, plans, model, workdir)
+
+
+def _save_and_log(session, run_id, row, plans, model, workdir) -> dict[str, Any]:
+    """The final plans and weights into the work dir, then the finished run into MLflow."""
     save_plans(plans, workdir / "plans.json")
     atomic_save(model.state_dict(), workdir / "model.pt")
     _log_finished(session, run_id, row, [], {}, artifacts=[workdir / "plans.json", workdir / "model.pt"])
-    return row
+    return {**row, "run_id": run_id}
 
 
 def _context(session: Session, model: nn.Module, seed: int) -> Context:

@@ -16,6 +16,7 @@ server, which then decides where artifacts go.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -351,6 +352,23 @@ class Tracker:
             if local.suffix == ".parquet":
                 return pd.read_parquet(local)
             return pd.read_json(local, orient="split")
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id in this store; BenchError when there is none."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise BenchError(f"no MLflow run '{run_id}' in {self.uri}") from exc
+
+    def read_json(self, run_id: str, artifact_file: str) -> Any:
+        """A JSON artifact of the run, parsed; BenchError naming the run's artifacts when it is missing."""
+        directory, _, _ = artifact_file.rpartition("/")
+        present = {a.path for a in self.client.list_artifacts(run_id, directory or None)}
+        if artifact_file not in present:
+            listed = ", ".join(sorted(present)) or "none"
+            raise BenchError(f"MLflow run '{run_id}' has no artifact '{artifact_file}' (it has: {listed})")
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.client.download_artifacts(run_id, artifact_file, tmp)).read_text())
 
     def runs(self, parent_id: str | None) -> pd.DataFrame:
         """Runs under ``parent_id`` (top-level runs for None) as one row each, newest first.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from bench.errors import unknown_name
@@ -78,3 +79,23 @@ def create(name: str, num_classes: int = 10, input_size: int = 32) -> nn.Module:
         model = _REGISTRY[name].factory(num_classes)
     model.bench_name = name
     return model
+
+
+def reinitialize(model: nn.Module, seed: int) -> None:
+    """Draw every parameter and BN statistic afresh at the model's current (possibly pruned) shapes.
+
+    Each module's own ``reset_parameters`` runs first, then the model's ``init_weights`` (ours, and
+    timm's where a model has one), as construction would. The draw is seeded by ``seed`` and does not
+    disturb the global RNG stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+        init = getattr(model, "init_weights", None)
+        if callable(init):
+            init()

@@ -69,9 +69,10 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(widths[-1], num_classes)
-        self._init_weights()
+        self.init_weights()
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
+        """Kaiming-normal (fan-out) convs, unit-gamma BNs; linears keep their default init."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

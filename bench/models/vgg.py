@@ -33,9 +33,10 @@ class CifarVGG(nn.Module):
             self.classifier = nn.Sequential(
                 nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
             )
-        self._init_weights()
+        self.init_weights()
 
-    def _init_weights(self) -> None:
+    def init_weights(self) -> None:
+        """Kaiming-normal (fan-out) convs, unit-gamma BNs; linears keep their default init."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
