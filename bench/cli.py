@@ -1,4 +1,4 @@
-"""``python -m bench``: list, profile, run and speed.
+"""``python -m bench``: list, profile, run, speed, sparsity and sweep.
 
 Errors a user can cause print one line, ``error: ...``, and exit with code 2, no traceback.
 """
@@ -44,6 +44,7 @@ def build_parser() -> Parser:
     _add_run(sub)
     _add_speed(sub)
     _add_sparsity(sub)
+    _add_sweep(sub)
     return parser
 
 
@@ -106,6 +107,52 @@ def _add_run(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting, repeatable")
     p.add_argument("--published", action="store_true", help="print the published figures beside ours")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="Optuna search over a method's hyperparameters, or a grid; local or distributed workers",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  python -m bench sweep --method ffr --model resnet20 --preset smoke --trials 6 --workers 2\n"
+        "  python -m bench sweep --method ffr --model resnet56 --trials 40 --objectives acc,flops\n"
+        "  python -m bench sweep --method ffr --model resnet56 --trials 40 --storage postgresql://bench@db:5432/optuna\n"
+        "  python -m bench sweep --grid grid.toml --workers 2\n"
+        "  python -m bench sweep --method ffr --model resnet20 --preset smoke --best 2 --seeds 0,1,2\n\n"
+        "A trial is one full pipeline run, selected on the validation split and logged to MLflow as a\n"
+        "child of the sweep's parent run. Run the same command on several machines against one\n"
+        "PostgreSQL --storage (and one MLflow server) to share a study; killed workers' trials are retried.",
+    )
+    p.add_argument("--method", help="the method whose search space is sampled (see 'list methods')")
+    p.add_argument("--model", help="a model name (see 'list models')")
+    p.add_argument("--dataset", help="cifar10 (default), cifar100, tinyimagenet or imagefolder:<path>")
+    p.add_argument("--trials", type=int, default=20, help="trials to run in the study (default 20)")
+    p.add_argument("--objectives", default="acc", help="acc (val accuracy at the FLOPs target) or acc,flops")
+    p.add_argument("--study", help="study name (default: method-model-dataset-preset, or the grid file's name)")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<results>/optuna.db)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="(default median)")
+    p.add_argument(
+        "--target-range", default="0.2,0.8", help="FLOPs reductions searched with acc,flops (default 0.2,0.8)"
+    )
+    p.add_argument("--grid", help="a grid TOML: models x datasets x methods x targets x seeds")
+    p.add_argument("--best", type=int, help="re-run the best K trials over --seeds on the test protocol")
+    p.add_argument("--preset", default="quick", help="smoke, quick (default), paper, or a preset .toml")
+    p.add_argument("--seeds", help="the sweep's seed (first), or the seeds of --best (default 0)")
+    p.add_argument("--target-flops-reduction", type=float, help="fraction of MACs to remove, in [0, 1)")
+    p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite)")
+    p.add_argument("--results-dir", help="where caches, checkpoints and the local stores live (default results/)")
+    p.add_argument("--experiment", help="MLflow experiment name (default 'bench')")
+    p.add_argument("--config", help="a TOML file of settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting, repeatable")
+    p.add_argument("--no-progress", action="store_true", help="accepted for symmetry: trials print epoch lines only")
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats (default 10)")
+    p.add_argument("--grace", type=int, default=60, help="seconds without one before a trial is retried (default 60)")
+    p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run as a worker from this spec file
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def _add_speed(sub) -> None:
@@ -270,7 +317,106 @@ def cmd_sparsity(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "profile": cmd_profile, "run": cmd_run, "speed": cmd_speed, "sparsity": cmd_sparsity}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench import sweep
+
+    if args.worker:
+        sweep.work(sweep.SweepSpec.from_json(Path(args.worker).read_text()), args.worker_index)
+        return 0
+    if args.workers < 1:
+        raise BenchError(f"--workers must be >= 1, got {args.workers}")
+    cells = None
+    if args.grid:
+        grid = sweep.load_grid(args.grid)
+        preset = grid.preset or args.preset
+        cfg = _sweep_config(args, preset, [*grid.sets, *args.set], model=grid.models[0])
+        study = args.study or grid.study or Path(args.grid).stem
+        spec = _sweep_spec(args, cfg, study, "grid", None, len(grid.cells()))
+        cells = grid.cells()
+    else:
+        if not args.method or not args.model:
+            raise BenchError("sweep needs --method and --model (or --grid FILE); see 'python -m bench sweep --help'")
+        from bench import registry
+
+        registry.get_method(args.method)
+        cfg = _sweep_config(args, args.preset, args.set, model=args.model)
+        objectives = tuple(_split(args.objectives))
+        study = args.study or "-".join(
+            [args.method, args.model, cfg.data.name, Path(args.preset).stem]
+            + (["pareto"] if len(objectives) > 1 else [])
+        )
+        spec = _sweep_spec(args, cfg, study, "search", args.method, args.trials, objectives)
+    if args.best:
+        seeds = tuple(_int(s, "--seeds") for s in _split(args.seeds or "0"))
+        sweep.rerun_best(spec, args.best, seeds)
+        return 0
+    summary = sweep.run_sweep(spec, args.workers, cells)
+    return 0 if summary.complete + summary.pruned > 0 or summary.failed == 0 else 1
+
+
+def _sweep_config(args: argparse.Namespace, preset: str, sets: list[str], *, model: str):
+    from bench import config
+
+    flags: dict[str, Any] = {"model": model}
+    root = args.data_dir or os.environ.get(DATA_ENV)
+    data: dict[str, Any] = {"root": root} if root else {}
+    if args.dataset:
+        data["name"] = args.dataset
+    if data:
+        flags["data"] = data
+    if args.seeds:
+        flags["seeds"] = [_int(s, "--seeds") for s in _split(args.seeds)][:1]
+    if args.target_flops_reduction is not None:
+        flags["prune"] = {"target_flops_reduction": args.target_flops_reduction}
+    for key in ("tracking_uri", "results_dir", "experiment"):
+        if getattr(args, key):
+            flags[key] = getattr(args, key)
+    return config.resolve(preset, args.config, flags, sets)
+
+
+def _sweep_spec(args, cfg, study: str, kind: str, method: str | None, trials: int, objectives=("acc",)):
+    from pathlib import Path
+
+    from bench import sweep
+
+    results = Path(cfg.results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or sweep.default_storage(results)
+    lo, hi = (_float(x, "--target-range") for x in _split(args.target_range)) if "," in args.target_range else (0, 0)
+    return sweep.SweepSpec(
+        study=study,
+        storage=storage,
+        kind=kind,
+        base=cfg.to_dict(),
+        method=method,
+        trials=trials,
+        objectives=tuple(objectives),
+        pruner=args.pruner,
+        target_range=(lo, hi),
+        sampler_seed=args.sampler_seed,
+        heartbeat_s=args.heartbeat,
+        grace_s=args.grace,
+        threads=max(1, (os.cpu_count() or 1) // args.workers),
+    )
+
+
+def _float(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BenchError(f"{flag} takes comma-separated numbers, got '{text}'") from None
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "profile": cmd_profile,
+    "run": cmd_run,
+    "speed": cmd_speed,
+    "sparsity": cmd_sparsity,
+    "sweep": cmd_sweep,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,8 +13,11 @@ from its last epoch checkpoint, and finished (method, seed) pairs are not run ag
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,13 @@ from reports.tables import comparison_table, format_table
 
 EVAL_COST = 0.45  # an eval image costs this fraction of a training image (measured: resnet20, 2-core CPU)
 
+EpochCallback = Callable[[str, int, dict[str, float]], None]  # (phase, epoch, stats) after each epoch
+
+
+class EarlyStop(Exception):
+    """Raised from an epoch callback to end a method run early on purpose (a pruned sweep trial):
+    its MLflow run ends KILLED with the reason, not FAILED."""
+
 
 @dataclass
 class Session:
@@ -60,6 +70,7 @@ class Session:
     parent_id: str
     say: Any = print
     external: dict[str, Inherited] = field(default_factory=dict)  # "run:<id>" plan sources, read once
+    on_epoch: EpochCallback | None = None  # e.g. a sweep trial's intermediate reports
 
 
 def load_data(cfg: RunConfig, paths: Paths) -> datasets.DatasetSplits:
@@ -84,12 +95,7 @@ def run(cfg: RunConfig, *, progress: bool = True, say: Any = print) -> pd.DataFr
     methods = {name: cls.from_params(cfg.method_params(name)) for name, cls in method_classes.items()}
     sources = plan_sources(cfg, methods)
     method_classes = {name: method_classes[name] for name in run_order(cfg.methods, sources)}
-    paths = prepare_results_dir(cfg.results_dir)
-    data = load_data(cfg, paths)
-    runtime = Runtime(
-        resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.eval_batch_size, cfg.data.augment, progress
-    )
-    tracker = Tracker(resolve_tracking_uri(cfg.tracking_uri, paths.root), cfg.experiment)
+    paths, data, runtime, tracker = prepare(cfg, progress)
     external = {s: inherited_from_run(tracker, s, cfg.model) for s in sources.values() if s.startswith(RUN_SOURCE)}
     say(describe_plan(cfg, data, runtime, {n: methods[n] for n in method_classes}, external))
     parent_id = _start_parent(cfg, tracker, data)
@@ -110,6 +116,19 @@ def run(cfg: RunConfig, *, progress: bool = True, say: Any = print) -> pd.DataFr
         tracker.end_run(parent_id, status)
         raise
     return results
+
+
+def prepare(
+    cfg: RunConfig, progress: bool = True, tracker: Tracker | None = None
+) -> tuple[Paths, datasets.DatasetSplits, Runtime, Tracker]:
+    """The results dir, the data, the runtime and the tracking store that a run works with."""
+    paths = prepare_results_dir(cfg.results_dir)
+    data = load_data(cfg, paths)
+    runtime = Runtime(
+        resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.eval_batch_size, cfg.data.augment, progress
+    )
+    tracker = tracker or Tracker(resolve_tracking_uri(cfg.tracking_uri, paths.root), cfg.experiment)
+    return paths, data, runtime, tracker
 
 
 def _start_parent(cfg: RunConfig, tracker: Tracker, data: datasets.DatasetSplits) -> str:
@@ -348,22 +367,25 @@ def baseline_key(cfg: RunConfig, data: datasets.DatasetSplits, runtime: Runtime,
     )
 
 
-def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run (once per parent)."""
+def dense_baseline(
+    session: Session, seed: int, *, log_run: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run (once per
+    parent) unless ``log_run`` is False. Concurrent processes sharing the results dir train it once."""
     cfg, data = session.cfg, session.data
     key = baseline_key(cfg, data, session.runtime, seed)
     folder = session.paths.baselines / key
     run_key = f"{session.parent_id}/dense/s{seed}"
-    logged = session.tracker.find_finished(run_key, parent_id=session.parent_id) is not None
     run_id = None
-    if not logged:
+    if log_run and session.tracker.find_finished(run_key, parent_id=session.parent_id) is None:
         tags = {"bench.method": "dense", "bench.seed": str(seed), "bench.baseline_key": key}
         run_id = session.tracker.start_run(f"dense seed {seed}", parent_id=session.parent_id, key=run_key, tags=tags)
-    reused = (folder / "meta.json").exists()
-    if reused:
-        session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
-    else:
-        _train_baseline(session, seed, folder)
+    with _exclusive(folder):
+        reused = (folder / "meta.json").exists()
+        if reused:
+            session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
+        else:
+            _train_baseline(session, seed, folder)
     meta = json.loads((folder / "meta.json").read_text())
     state = load(folder / "model.pt")
     dense_model = models.create(cfg.model, data.num_classes, data.input_size)
@@ -376,6 +398,18 @@ def dense_baseline(session: Session, seed: int) -> tuple[dict[str, torch.Tensor]
         reused_tag = {"bench.baseline_reused": str(reused).lower()}
         _log_finished(session, run_id, row, meta["history"], reused_tag, artifacts=[folder / "model.pt"])
     return state, row
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing); other processes wait for it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_baseline(session: Session, seed: int, folder: Path) -> None:
@@ -407,19 +441,31 @@ def _train_baseline(session: Session, seed: int, folder: Path) -> None:
 
 
 def run_method(
-    session: Session, name: str, cls: type[Method], seed: int, dense_state: dict, dense_row: dict[str, Any]
+    session: Session,
+    name: str,
+    cls: type[Method],
+    seed: int,
+    dense_state: dict,
+    dense_row: dict[str, Any],
+    *,
+    label: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The method's whole pipeline for one seed, resumable phase by phase."""
-    workdir = session.paths.runs / session.parent_id / f"{name}-s{seed}"
+    """The method's whole pipeline for one seed, resumable phase by phase.
+
+    ``label`` names its MLflow run and work dir (default: the method name; a sweep uses the trial).
+    """
+    label = label or name
+    workdir = session.paths.runs / session.parent_id / f"{label}-s{seed}"
     done = workdir / "result.json"
     if done.exists():
-        session.say(f"{name} seed {seed}: already finished in this run, skipping")
+        session.say(f"{label} seed {seed}: already finished in this run, skipping")
         return json.loads(done.read_text())
     run_id = session.tracker.start_run(
-        f"{name} seed {seed}",
+        f"{label} seed {seed}",
         parent_id=session.parent_id,
-        key=f"{session.parent_id}/{name}/s{seed}",
-        tags={"bench.method": name, "bench.seed": str(seed)},
+        key=f"{session.parent_id}/{label}/s{seed}",
+        tags={"bench.method": name, "bench.seed": str(seed), **(tags or {})},
     )
     try:
         method = cls.from_params(session.cfg.method_params(name))
@@ -429,9 +475,10 @@ def run_method(
         else:
             args = (session, name, cls, method, source, seed, dense_state, dense_row, workdir, run_id)
             row = _inherited_pipeline(*args)
-    except BaseException as exc:  # a kill (KeyboardInterrupt) or a failure: say so in MLflow, then re-raise
-        session.tracker.set_tags(run_id, {"bench.error": repr(exc)[:500]})
-        session.tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+    except BaseException as exc:  # a kill, an early stop or a failure: say so in MLflow, then re-raise
+        stopped = isinstance(exc, KeyboardInterrupt | EarlyStop)
+        session.tracker.set_tags(run_id, {"bench.stopped" if stopped else "bench.error": repr(exc)[:500]})
+        session.tracker.end_run(run_id, "KILLED" if stopped else "FAILED")
         raise
     atomic_write_text(json.dumps(row, indent=1), done)
     return row
@@ -590,6 +637,8 @@ def _fit_phase(session, name, method, model, ctx, schedule, checkpoint, desc, ru
     def log_epoch(epoch: int, stats: dict[str, float]) -> None:
         history.append({"phase": phase, **stats})
         session.tracker.log_metrics(run_id, {f"{phase}/{k}": v for k, v in stats.items()}, step=offset + epoch)
+        if session.on_epoch is not None:
+            session.on_epoch(phase, epoch, stats)
 
     ctx.step = 0
     result = fit(

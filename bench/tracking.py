@@ -248,6 +248,11 @@ class Tracker:
             if not token:
                 return found
 
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a sweep that is extended or joined by another machine)."""
+        self.get_run(run_id)
+        self.client.update_run(run_id, status="RUNNING")
+
     def end_run(self, run_id: str, status: EndStatus = "FINISHED") -> None:
         """Mark the run terminated; a run left RUNNING or FAILED/KILLED is resumable by its key."""
         if status not in _END_STATUSES:

@@ -264,14 +264,14 @@ class _FusedFlow(torch.autograd.Function):
         claim = workspace.claim() if workspace is not None else None
         geometries = _geometries(list(features), align)
         ds = [
-            None if g is None else _minus_aligned(n, x, g)
-            for x, n, g in zip(features, features[1:], geometries, strict=False)
+            None if g is None else _minus_aligned(n, x, g, None if claim is None else claim.buffer(("d", i), n))
+            for i, (x, n, g) in enumerate(zip(features, features[1:], geometries, strict=False))
         ]
         es: list[torch.Tensor | None] = [None] * len(ds)
         if curv:
             for i in range(1, len(ds)):
                 if ds[i] is not None and ds[i - 1] is not None:
-                    out = None if claim is None else claim.buffer(i, ds[i])
+                    out = None if claim is None else claim.buffer(("e", i), ds[i])
                     es[i] = _minus_aligned(ds[i], ds[i - 1], geometries[i], out)
         rows = [v for v in ds + es if v is not None]  # the d's, then the e's
         n_d = sum(d is not None for d in ds)
@@ -300,14 +300,15 @@ class _FusedFlow(torch.autograd.Function):
 
 
 class Workspace:
-    """Buffers for the e_l, reused from one training step to the next. Fresh ones would be ~B x
-    (size of all features) of new memory per step (140 MB on resnet56 at batch 128), and on CPU
-    new memory costs page faults: reusing them measured about 3% of a resnet56 step. The e_l never
-    leave the regularizer; one forward claims the buffers until its backward has run or its graph
-    is freed, and a second forward in the meantime allocates its own."""
+    """Buffers for the d_l and e_l, reused from one training step to the next. Fresh ones would be
+    ~B x (size of all features) of new memory each per step (140 MB on resnet56 at batch 128), and
+    on CPU new memory costs page faults: reusing the e_l measured about 3% of a resnet56 step. One
+    forward claims the buffers until its backward has run or its graph is freed, and a second
+    forward in the meantime allocates its own. The backward returns the features' gradients in the
+    d_l buffers; autograd has consumed them before the next step's forward writes there."""
 
     def __init__(self) -> None:
-        self.buffers: dict[int, torch.Tensor] = {}
+        self.buffers: dict[tuple[str, int], torch.Tensor] = {}
         self._owner: weakref.ref | None = None
 
     def claim(self) -> _Claim | None:
@@ -325,7 +326,7 @@ class _Claim:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
-    def buffer(self, key: int, like: torch.Tensor) -> torch.Tensor:
+    def buffer(self, key: tuple[str, int], like: torch.Tensor) -> torch.Tensor:
         buffers = self.workspace.buffers
         old = buffers.get(key)
         if old is None or (old.shape, old.stride(), old.dtype, old.device) != (

@@ -67,3 +67,77 @@ def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Path(override).mkdir(parents=True, exist_ok=True)
         return Path(override)
     return tmp_path_factory.mktemp("dataset-cache")
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+POSTGRES_ENV = "BENCH_POSTGRES_URL"  # a server .ci/run started; otherwise the fixture starts one
+
+
+def _postgres_bin() -> Path | None:
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the Debian package's user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL server on 127.0.0.1: ``$BENCH_POSTGRES_URL`` if set, else one started here
+    from the installed binaries (skipped without them outside CI, a failure in CI)."""
+    import subprocess
+
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        yield url
+        return
+    bindir = _postgres_bin()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (Debian package postgresql); .ci/run installs it"
+        if _in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("postgres")
+    root.chmod(0o777)
+    data, port = root / "data", _free_port()
+    if os.geteuid() == 0:
+        import shutil
+
+        shutil.chown(root, "postgres")
+    run = lambda cmd: subprocess.run(_as_postgres_user(cmd), check=True, capture_output=True, text=True)  # noqa: E731
+    run([str(bindir / "initdb"), "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8"])
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100"
+    run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"])
+    try:
+        yield f"postgresql://bench@127.0.0.1:{port}/postgres"
+    finally:
+        run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+
+
+@pytest.fixture
+def postgres_db(postgres_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh database on the server for one test; its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.rsplit("/", 1)[0] + f"/{name}"

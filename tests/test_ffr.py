@@ -251,6 +251,8 @@ def test_the_workspace_reuses_buffers_and_never_mixes_two_pending_graphs() -> No
     del again  # a graph dropped without backward frees the claim too
     sum(flow_terms(second, "shortcut", "second_difference", "l2", workspace=workspace)).backward()
     assert {key: b.data_ptr() for key, b in workspace.buffers.items()} == buffers
+    for x, grad in zip(first, expected[0], strict=True):  # gradients handed out never alias reused buffers
+        torch.testing.assert_close(x.grad, grad)
 
 
 def test_a_second_backward_through_the_same_graph_is_refused() -> None:
