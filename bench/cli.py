@@ -45,6 +45,7 @@ def build_parser() -> Parser:
     _add_speed(sub)
     _add_sparsity(sub)
     _add_sweep(sub)
+    _add_sweep_bench(sub)
     return parser
 
 
@@ -92,11 +93,18 @@ def _add_run(sub) -> None:
     )
     p.add_argument("--methods", required=True, help="comma-separated method names (see 'list methods')")
     p.add_argument("--model", required=True, help="a model name (see 'list models')")
+    _add_settings(p, seeds="comma-separated seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--plan", help="a named pruning plan instead of a FLOPs target, e.g. l1-a")
+    p.add_argument("--published", action="store_true", help="print the published figures beside ours")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
+
+
+def _add_settings(p: argparse.ArgumentParser, *, seeds: str) -> None:
+    """The settings flags that ``run`` and ``sweep`` share (they build a RunConfig alike)."""
     p.add_argument("--dataset", help="cifar10 (default), cifar100, tinyimagenet or imagefolder:<path>")
     p.add_argument("--preset", default="quick", help="smoke, quick (default), paper, or a copied preset .toml")
-    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--seeds", help=seeds)
     p.add_argument("--target-flops-reduction", type=float, help="fraction of MACs to remove, in [0, 1)")
-    p.add_argument("--plan", help="a named pruning plan instead of a FLOPs target, e.g. l1-a")
     p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite under results/)"
@@ -105,8 +113,6 @@ def _add_run(sub) -> None:
     p.add_argument("--experiment", help="MLflow experiment name (default 'bench')")
     p.add_argument("--config", help="a TOML file of settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting, repeatable")
-    p.add_argument("--published", action="store_true", help="print the published figures beside ours")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
 
 
 def _add_sweep(sub) -> None:
@@ -126,7 +132,6 @@ def _add_sweep(sub) -> None:
     )
     p.add_argument("--method", help="the method whose search space is sampled (see 'list methods')")
     p.add_argument("--model", help="a model name (see 'list models')")
-    p.add_argument("--dataset", help="cifar10 (default), cifar100, tinyimagenet or imagefolder:<path>")
     p.add_argument("--trials", type=int, default=20, help="trials to run in the study (default 20)")
     p.add_argument("--objectives", default="acc", help="acc (val accuracy at the FLOPs target) or acc,flops")
     p.add_argument("--study", help="study name (default: method-model-dataset-preset, or the grid file's name)")
@@ -138,21 +143,27 @@ def _add_sweep(sub) -> None:
     )
     p.add_argument("--grid", help="a grid TOML: models x datasets x methods x targets x seeds")
     p.add_argument("--best", type=int, help="re-run the best K trials over --seeds on the test protocol")
-    p.add_argument("--preset", default="quick", help="smoke, quick (default), paper, or a preset .toml")
-    p.add_argument("--seeds", help="the sweep's seed (first), or the seeds of --best (default 0)")
-    p.add_argument("--target-flops-reduction", type=float, help="fraction of MACs to remove, in [0, 1)")
-    p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite)")
-    p.add_argument("--results-dir", help="where caches, checkpoints and the local stores live (default results/)")
-    p.add_argument("--experiment", help="MLflow experiment name (default 'bench')")
-    p.add_argument("--config", help="a TOML file of settings")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting, repeatable")
+    _add_settings(p, seeds="the sweep's seed (the first given), or the seeds of --best (default 0)")
     p.add_argument("--no-progress", action="store_true", help="accepted for symmetry: trials print epoch lines only")
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats (default 10)")
     p.add_argument("--grace", type=int, default=60, help="seconds without one before a trial is retried (default 60)")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run as a worker from this spec file
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _add_sweep_bench(sub) -> None:
+    p = sub.add_parser(
+        "sweep-bench",
+        help="trials per minute with 1 and 2 local sweep workers, side by side",
+        formatter_class=_formatter,
+        epilog="examples:\n  python -m bench sweep-bench --data-dir ../shared/data\n"
+        "  python -m bench sweep-bench --trials 12 --workers 1,2 --json",
+    )
+    p.add_argument("--trials", type=int, default=8, help="tiny trials per worker count (default 8)")
+    p.add_argument("--workers", default="1,2", help="worker counts to compare, first is the base (default 1,2)")
+    p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_speed(sub) -> None:
@@ -233,8 +244,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def run_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The explicit CLI flags as a config layer (only what was given)."""
-    flags: dict[str, Any] = {"model": args.model, "methods": _split(args.methods)}
+    """The explicit CLI flags of ``run`` (or ``sweep``) as a config layer (only what was given)."""
+    flags: dict[str, Any] = {"model": args.model}
+    if getattr(args, "methods", None) is not None:
+        flags["methods"] = _split(args.methods)
     data: dict[str, Any] = {}
     if args.dataset:
         data["name"] = args.dataset
@@ -248,11 +261,11 @@ def run_flags(args: argparse.Namespace) -> dict[str, Any]:
     prune = {}
     if args.target_flops_reduction is not None:
         prune["target_flops_reduction"] = args.target_flops_reduction
-    if args.plan:
+    if getattr(args, "plan", None):
         prune["plan"] = args.plan
     if prune:
         flags["prune"] = prune
-    if args.published:
+    if getattr(args, "published", False):
         flags["published"] = True
     for key in ("tracking_uri", "results_dir", "experiment"):
         if getattr(args, key):
@@ -357,22 +370,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep_config(args: argparse.Namespace, preset: str, sets: list[str], *, model: str):
+    """The base RunConfig of every trial; a sweep runs one seed, the first of ``--seeds``."""
     from bench import config
 
-    flags: dict[str, Any] = {"model": model}
-    root = args.data_dir or os.environ.get(DATA_ENV)
-    data: dict[str, Any] = {"root": root} if root else {}
-    if args.dataset:
-        data["name"] = args.dataset
-    if data:
-        flags["data"] = data
-    if args.seeds:
-        flags["seeds"] = [_int(s, "--seeds") for s in _split(args.seeds)][:1]
-    if args.target_flops_reduction is not None:
-        flags["prune"] = {"target_flops_reduction": args.target_flops_reduction}
-    for key in ("tracking_uri", "results_dir", "experiment"):
-        if getattr(args, key):
-            flags[key] = getattr(args, key)
+    flags = {**run_flags(args), "model": model}
+    if "seeds" in flags:
+        flags["seeds"] = flags["seeds"][:1]
     return config.resolve(preset, args.config, flags, sets)
 
 
@@ -409,6 +412,17 @@ def _float(text: str, flag: str) -> float:
         raise BenchError(f"{flag} takes comma-separated numbers, got '{text}'") from None
 
 
+def cmd_sweep_bench(args: argparse.Namespace) -> int:
+    from bench.sweep_bench import format_scaling, worker_scaling
+
+    counts = tuple(_int(c, "--workers") for c in _split(args.workers))
+    if not counts or min(counts) < 1:
+        raise BenchError(f"--workers takes positive worker counts, got '{args.workers}'")
+    report = worker_scaling(args.data_dir or os.environ.get(DATA_ENV), args.trials, counts)
+    print(json.dumps(report, indent=1) if args.json else format_scaling(report))
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list,
     "profile": cmd_profile,
@@ -416,6 +430,7 @@ COMMANDS = {
     "speed": cmd_speed,
     "sparsity": cmd_sparsity,
     "sweep": cmd_sweep,
+    "sweep-bench": cmd_sweep_bench,
 }
 
 

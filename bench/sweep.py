@@ -320,7 +320,7 @@ def enqueue_missing_cells(study: optuna.Study, cells: list[dict[str, Any]]) -> t
     covered = {t.user_attrs.get(CELL) for t in trials if t.state in LIVE and not t.user_attrs.get(SURPLUS)}
     missing = [c for c in cells if cell_key(c) not in covered]
     for cell in missing:
-        study.enqueue_trial({k: v for k, v in cell.items()}, user_attrs={CELL: cell_key(cell)})
+        study.enqueue_trial({}, user_attrs={CELL: cell_key(cell)})
     return len(cells) - len(missing), len(missing)
 
 
@@ -364,7 +364,9 @@ def trial_config(spec: SweepSpec, trial: optuna.Trial) -> RunConfig:
 
     base = configmod.from_dict(json.loads(json.dumps(spec.base)))
     if spec.kind == "grid":
-        cell = {k: trial.suggest_categorical(k, [v]) for k, v in json.loads(trial.user_attrs[CELL]).items()}
+        # the cell lives in a user attribute, not in params: a grid extended later (another target)
+        # would change a categorical's choices, which Optuna refuses within one study
+        cell = json.loads(trial.user_attrs[CELL])
         data = dataclasses.replace(base.data, name=cell["dataset"])
         prune = PruneConfig(
             target_flops_reduction=float(cell["target"]), min_keep_fraction=base.prune.min_keep_fraction
@@ -475,7 +477,12 @@ class SurplusTrial(Exception):
 
 
 def _params_text(trial: optuna.Trial) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    return ", ".join(f"{k}={_short(v)}" for k, v in _shown_params(trial.params, trial.user_attrs).items())
+
+
+def _shown_params(params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's sampled params, or its grid cell."""
+    return json.loads(user_attrs[CELL]) if CELL in user_attrs else dict(params)
 
 
 def _short(value: Any) -> str:
@@ -507,12 +514,13 @@ def work(spec: SweepSpec, worker: int, say: Callable[[str], None] = print) -> No
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
 
-def start_workers(spec_file: Path, count: int) -> list[subprocess.Popen]:
+def start_workers(spec_file: Path, count: int, quiet: bool = False) -> list[subprocess.Popen]:
     """``count`` worker processes (``python -m bench sweep --worker SPEC``), sharing our stdout."""
+    out = subprocess.DEVNULL if quiet else None
     procs = []
     for worker in range(count):
         cmd = [sys.executable, "-m", "bench", "sweep", "--worker", str(spec_file), "--worker-index", str(worker)]
-        procs.append(subprocess.Popen(cmd, start_new_session=True))
+        procs.append(subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=out))
     return procs
 
 
@@ -593,7 +601,7 @@ def format_summary(summary: Summary, spec: SweepSpec) -> str:
 
 
 def _params_of(trial: FrozenTrial) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    return ", ".join(f"{k}={_short(v)}" for k, v in _shown_params(trial.params, trial.user_attrs).items())
 
 
 def prepare_sweep(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Callable[[str], None]) -> SweepSpec:
@@ -665,7 +673,7 @@ def run_sweep(
         say(f"study '{spec.study}': nothing left to run")
     else:
         warm_baselines(spec, cells, say)
-        spec_file = _write_spec(spec)
+        spec_file = write_spec(spec)
         say(f"sweep '{spec.study}': {workers} worker(s), storage {_redact(spec.storage)}, spec {spec_file}")
         codes = wait_for(start_workers(spec_file, workers), say)
         if any(codes):
@@ -676,7 +684,7 @@ def run_sweep(
     return summary
 
 
-def _write_spec(spec: SweepSpec) -> Path:
+def write_spec(spec: SweepSpec) -> Path:
     from bench.checkpoint import atomic_write_text
 
     base = configmod.from_dict(json.loads(json.dumps(spec.base)))

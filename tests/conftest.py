@@ -98,7 +98,7 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+def postgres_server():
     """A real PostgreSQL server on 127.0.0.1: ``$BENCH_POSTGRES_URL`` if set, else one started here
     from the installed binaries (skipped without them outside CI, a failure in CI)."""
     import subprocess
@@ -113,13 +113,13 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory):
         if _in_ci():
             pytest.fail(reason)
         pytest.skip(reason)
-    root = tmp_path_factory.mktemp("postgres")
-    root.chmod(0o777)
-    data, port = root / "data", _free_port()
-    if os.geteuid() == 0:
-        import shutil
+    import shutil
+    import tempfile
 
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # not under pytest's tmp: its parents are root-only
+    if os.geteuid() == 0:
         shutil.chown(root, "postgres")
+    data, port = root / "data", _free_port()
     run = lambda cmd: subprocess.run(_as_postgres_user(cmd), check=True, capture_output=True, text=True)  # noqa: E731
     run([str(bindir / "initdb"), "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8"])
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100"
@@ -128,6 +128,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory):
         yield f"postgresql://bench@127.0.0.1:{port}/postgres"
     finally:
         run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

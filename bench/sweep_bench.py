@@ -1,0 +1,86 @@
+"""``bench sweep-bench``: trials per minute with 1 and with 2 local workers, side by side.
+
+The same fixed set of tiny trials (a grid of ``l1`` cells at evenly spaced FLOPs targets, one
+dense baseline trained beforehand and shared) runs once per worker count, each in its own study
+of one sqlite storage, with the thread split that ``bench sweep --workers K`` uses (cores // K
+torch threads per worker). Only the worker phase is timed: process start-up, data loading from
+the decode cache, training, evaluation and the MLflow and Optuna writes of every trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from bench import config as configmod
+from bench import sweep
+from bench.errors import BenchError
+
+TINY = {
+    "data": {"train_limit": 512, "val_size": 256, "test_limit": 512},
+    "dense": {"epochs": 1, "batch_size": 64},
+    "finetune": {"epochs": 2, "batch_size": 64, "lr": 0.01, "schedule": "constant"},
+}
+
+
+def worker_scaling(data_dir: str | None, trials: int = 8, counts: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Run ``trials`` identical-cost trials with each worker count; trials/min and the ratio to the first."""
+    if not data_dir:
+        raise BenchError("sweep-bench needs the datasets: pass --data-dir or set $BENCH_DATA_DIR")
+    if trials < 2:
+        raise BenchError(f"--trials must be >= 2, got {trials}")
+    targets = [round(0.3 + 0.3 * i / (trials - 1), 4) for i in range(trials)]
+    cells = [{"model": "resnet20", "dataset": "cifar10", "method": "l1", "target": t, "seed": 0} for t in targets]
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-bench-") as tmp:
+        layer = {**TINY, "data": {**TINY["data"], "root": data_dir}, "results_dir": str(Path(tmp) / "results")}
+        cfg = configmod.resolve("smoke", None, layer, [])
+        rows = []
+        for count in counts:
+            spec = sweep.SweepSpec(
+                study=f"workers-{count}",
+                storage=sweep.default_storage(Path(tmp) / "results"),
+                kind="grid",
+                base=cfg.to_dict(),
+                trials=len(cells),
+                threads=max(1, cores // count),
+            )
+            spec = sweep.prepare_sweep(spec, cells, say=lambda _line: None)
+            sweep.warm_baselines(spec, cells, say=lambda _line: None)
+            spec_file = sweep.write_spec(spec)
+            start = time.perf_counter()
+            codes = sweep.wait_for(sweep.start_workers(spec_file, count, quiet=True), say=print)
+            seconds = time.perf_counter() - start
+            complete = sweep.open_study(spec).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            if any(codes) or len(complete) != len(cells):
+                raise BenchError(
+                    f"{count} worker(s): exit codes {codes}, {len(complete)} of {len(cells)} trials complete"
+                )
+            rows.append({"workers": count, "threads_per_worker": spec.threads, "seconds": seconds,
+                         "trials_per_minute": len(cells) / seconds * 60})  # fmt: skip
+    first = rows[0]["trials_per_minute"]
+    for row in rows:
+        row["ratio"] = row["trials_per_minute"] / first
+    return {"trials": len(cells), "cores": cores, "trial": dataclasses.asdict(cfg.finetune) | {"data": TINY["data"]},
+            "rows": rows, "target_ratio_2_over_1": 1.7}  # fmt: skip
+
+
+def format_scaling(report: dict[str, Any]) -> str:
+    lines = [
+        f"worker scaling: {report['trials']} tiny l1 trials (resnet20, {report['trial']['data']['train_limit']} "
+        f"train images, {report['trial']['epochs']} fine-tune epochs), {report['cores']} cores",
+        f"  {'workers':>7} {'threads/worker':>15} {'seconds':>9} {'trials/min':>11} {'ratio':>7}",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"  {row['workers']:>7} {row['threads_per_worker']:>15} {row['seconds']:>9.1f} "
+            f"{row['trials_per_minute']:>11.2f} {row['ratio']:>7.3f}"
+        )
+    lines.append(f"  target: 2 workers >= {report['target_ratio_2_over_1']}x the trials/min of 1")
+    return "\n".join(lines)
