@@ -46,6 +46,7 @@ def build_parser() -> Parser:
     _add_sparsity(sub)
     _add_sweep(sub)
     _add_sweep_bench(sub)
+    _add_report(sub)
     return parser
 
 
@@ -150,6 +151,32 @@ def _add_sweep(sub) -> None:
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run as a worker from this spec file
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="paper-style tables and figures from stored runs (MLflow or an export)",
+        formatter_class=_formatter,
+        epilog="examples:\n  python -m bench report --format md\n"
+        "  python -m bench report --experiment issue3-comparison --format latex --out paper/ --published\n"
+        "  python -m bench report --sweep ffr-resnet20-cifar10-smoke --format html --out report/\n"
+        "  python -m bench report --runs PARENT_RUN_ID --compare-to l1\n"
+        "  python -m bench report --from runs.parquet --format csv\n\n"
+        "Reads stored runs only: nothing is recomputed and torch is never imported.",
+    )
+    p.add_argument("--experiment", help="all runs of this MLflow experiment (default 'bench')")
+    p.add_argument("--sweep", help="the trials of this sweep (Optuna study name)")
+    p.add_argument("--runs", help="comma-separated MLflow run ids; a parent run stands for its children")
+    p.add_argument("--from", dest="export", help="read runs from a CSV/Parquet export instead of MLflow")
+    p.add_argument("--export", dest="save_export", help="also write the runs read as CSV/Parquet (by extension)")
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"], help="(default md)")
+    p.add_argument("--out", help="write report.<ext> and figures (PNG, PDF) here (html: default results/reports)")
+    p.add_argument("--group-by", default="model,dataset", help="table groups (default model,dataset)")
+    p.add_argument("--published", action="store_true", help="interleave the published rows, marked")
+    p.add_argument("--compare-to", help="paired difference of each method against this one, 95%% CI over seeds")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite)")
+    p.add_argument("--results-dir", default="results", help="where the local MLflow store lives (default results/)")
 
 
 def _add_sweep_bench(sub) -> None:
@@ -412,6 +439,30 @@ def _float(text: str, flag: str) -> float:
         raise BenchError(f"{flag} takes comma-separated numbers, got '{text}'") from None
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.tracking import resolve_tracking_uri
+    from reports.report import ReportRequest, parse_ids, run_report
+
+    uri = None if args.export else resolve_tracking_uri(args.tracking_uri, Path(args.results_dir).resolve())
+    request = ReportRequest(
+        tracking_uri=uri,
+        export=args.export,
+        experiment=args.experiment,
+        sweep=args.sweep,
+        run_ids=parse_ids(args.runs),
+        fmt=args.format,
+        out=args.out,
+        group_by=tuple(_split(args.group_by)),
+        published=args.published,
+        compare_to=args.compare_to,
+        save_export=args.save_export,
+    )
+    run_report(request)
+    return 0
+
+
 def cmd_sweep_bench(args: argparse.Namespace) -> int:
     from bench.sweep_bench import format_scaling, worker_scaling
 
@@ -431,6 +482,7 @@ COMMANDS = {
     "sparsity": cmd_sparsity,
     "sweep": cmd_sweep,
     "sweep-bench": cmd_sweep_bench,
+    "report": cmd_report,
 }
 
 

@@ -45,8 +45,8 @@ from bench.training import (
     seconds_per_image,
     seed_everything,
 )
-from reports.reference import with_published
-from reports.tables import comparison_table, format_table
+from reports.reference import published_for
+from reports.tables import build_tables, comparison_table, format_table
 
 EVAL_COST = 0.45  # an eval image costs this fraction of a training image (measured: resnet20, 2-core CPU)
 
@@ -150,8 +150,12 @@ def _start_parent(cfg: RunConfig, tracker: Tracker, data: datasets.DatasetSplits
 
 def _finish_parent(session: Session, results: pd.DataFrame) -> None:
     table = comparison_table(results)
-    shown = with_published(table, session.cfg.model, session.data.name) if session.cfg.published else table
-    session.say("\n" + format_table(shown, title=_table_title(session)))
+    cfg = session.cfg
+    reference = published_for(cfg.model, session.data.name) if cfg.published else None
+    shown = build_tables(results, group_by=(), reference=reference)[0]
+    session.say("\n" + format_table(shown.frame(), title=_table_title(session)))
+    for note in shown.footnotes:
+        session.say(f"- {note}")
     session.tracker.log_table(session.parent_id, results, "results.json")
     session.tracker.log_table(session.parent_id, table, "comparison_table.json")
     session.tracker.end_run(session.parent_id, "FINISHED")
@@ -717,6 +721,16 @@ def _row(
     return row
 
 
+def _identity_tags(session: Session, row: dict[str, Any]) -> dict[str, str]:
+    """What a report groups by, on every run (not only the parent): model, data, pruning rule."""
+    cfg, data = session.cfg, session.data
+    tags = {"bench.model": cfg.model, "bench.dataset": data.name, "bench.data_label": data.label}
+    if row["method"] != "dense":
+        rule = cfg.prune.rule
+        tags.update({"bench.prune_rule": rule, "bench.prune_value": str(getattr(cfg.prune, rule))})
+    return tags
+
+
 def _log_finished(
     session: Session,
     run_id: str,
@@ -731,7 +745,7 @@ def _log_finished(
     numeric = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     text = {f"bench.{k}": str(v) for k, v in row.items() if k not in numeric}  # e.g. latency device and timer
     tracker.log_metrics(run_id, numeric, step=None)
-    tracker.set_tags(run_id, {**tags, **text, **provenance.environment()})
+    tracker.set_tags(run_id, {**_identity_tags(session, row), **tags, **text, **provenance.environment()})
     tracker.log_dict(run_id, session.cfg.to_dict(), "config.json")
     for path in artifacts:
         tracker.log_artifact(run_id, path)

@@ -61,7 +61,7 @@ def test_run_prints_plan_estimate_and_table(smoke_run):
     assert "plan: resnet20 on CIFAR-10 (JPEG copy)" in out and "estimated" in out  # never "CIFAR-10" alone
     assert out.index("plan:") < out.index("epoch 1/")  # the plan comes before any work
     table = [line for line in out.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| method | n | test acc (%)")
+    assert table[0].startswith("| method | n | base acc (%) | test acc (%)")
     assert [row.split("|")[1].strip() for row in table[1:]] == ["dense", "l1", "slim"]
     assert "cifar10-jpeg" in out  # the data source is stated
 
@@ -226,3 +226,19 @@ def test_results_json_in_workdir_matches_mlflow(smoke_run):
     assert results
     row = json.loads(results[0].read_text())
     assert row["method"] == "l1" and 0 <= row["test_acc"] <= 1
+
+
+def test_report_from_the_runs_in_the_real_mlflow_store(smoke_run, tmp_path):
+    work, env, _ = smoke_run
+    args = ["report", "--results-dir", str(work / "results"), "--format", "html", "--out", str(tmp_path)]
+    proc = bench(args, work, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["dense", "l1", "slim"]
+    page = (tmp_path / "report.html").read_text()
+    for figure in ("accuracy_vs_flops", "channels_per_layer", "sparsity_curves"):
+        assert f'alt="{figure}_resnet20_cifar10"' in page
+    assert page.count("data:image/png;base64,") >= 3
+    assert torch.__version__ in page  # the environment of the stored runs
+    latex = bench(["report", "--results-dir", str(work / "results"), "--format", "latex"], work, env)
+    assert latex.returncode == 0 and r"\toprule" in latex.stdout

@@ -1,0 +1,161 @@
+"""Report figures (matplotlib, Agg): each function takes stored results and returns a Figure, or
+None when the runs hold nothing to plot. :func:`save` writes PNG and PDF.
+
+- accuracy against FLOPs reduction: one line per method across targets (mean, std bars over
+  seeds), the dense baseline as a dashed line, and a sweep's trials with their Pareto front;
+- accuracy against measured latency (and the latency's batch and device);
+- remaining channels per prunable layer of each method's final plan;
+- unstructured and structured sparsity curves over eps, one line per method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+DPI = 150
+
+
+def accuracy_vs_flops(runs: pd.DataFrame, title: str = "") -> Figure | None:
+    ours = runs[runs["method"] != "dense"].dropna(subset=["flops_reduction", "test_acc"])
+    if ours.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    trials = ours[ours["trial"].notna()] if "trial" in ours else ours.iloc[:0]
+    runs_only = ours.drop(trials.index)
+    for method, rows in runs_only.groupby("method", sort=False):
+        points = rows.groupby(rows["flops_reduction"].round(3))["test_acc"].agg(["mean", "std"]).sort_index()
+        ax.errorbar(
+            points.index * 100, points["mean"] * 100, yerr=points["std"].fillna(0) * 100, marker="o", capsize=3,
+            label=str(method),
+        )  # fmt: skip
+    if not trials.empty:
+        ax.scatter(
+            trials["flops_reduction"] * 100, trials["best_val_acc"] * 100, s=14, alpha=0.5, label="sweep trials (val)"
+        )
+        front = pareto_front(trials["flops_reduction"], trials["best_val_acc"])
+        ax.plot(front[:, 0] * 100, front[:, 1] * 100, "k-", lw=1.2, label="Pareto front (val)")
+    dense = runs[runs["method"] == "dense"]["test_acc"].dropna()
+    if not dense.empty:
+        ax.axhline(dense.mean() * 100, color="grey", ls="--", lw=1, label=f"dense ({dense.mean() * 100:.2f}%)")
+    ax.set_xlabel("FLOPs reduction (%, conv+linear MACs)")
+    ax.set_ylabel("test accuracy (%)" if trials.empty else "accuracy (%): test for runs, val for trials")
+    ax.set_title(title or "accuracy against FLOPs reduction")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(x: pd.Series, y: pd.Series):
+    """Points not dominated when both x and y are maximised, sorted by x (an (n, 2) array)."""
+    import numpy as np
+
+    points = np.column_stack([x.to_numpy(float), y.to_numpy(float)])
+    order = points[np.argsort(-points[:, 0], kind="stable")]
+    front, best_y = [], -np.inf
+    for px, py in order:
+        if py > best_y:
+            front.append((px, py))
+            best_y = py
+    return np.array(sorted(front))
+
+
+def accuracy_vs_latency(runs: pd.DataFrame, title: str = "") -> Figure | None:
+    timed = runs.dropna(subset=["latency_median_ms", "test_acc"])
+    if timed.empty:
+        return None
+    from reports.tables import row_labels
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method, rows in timed.groupby(row_labels(timed), sort=False):
+        ax.errorbar(
+            rows["latency_median_ms"].mean(), rows["test_acc"].mean() * 100,
+            xerr=rows["latency_median_ms"].std() if len(rows) > 1 else 0,
+            yerr=rows["test_acc"].std() * 100 if len(rows) > 1 else 0, marker="s", capsize=3, label=str(method),
+        )  # fmt: skip
+    batch = _first(timed, "latency_batch_size")
+    batch = int(float(batch)) if batch is not None else None
+    device = _first(timed, "latency_device")
+    ax.set_xlabel(f"latency (ms per batch of {batch or '?'}, median, {device or 'device ?'})")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "accuracy against measured latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _first(frame: pd.DataFrame, column: str) -> Any:
+    if column not in frame:
+        return None
+    values = frame[column].dropna()
+    return values.iloc[0] if not values.empty else None
+
+
+def channels_per_layer(plans: dict[str, list[dict[str, Any]]], title: str = "") -> Figure | None:
+    """``plans``: method label -> its stored plans (rounds, in order). Dense widths come from the
+    first round's channel counts."""
+    plans = {label: rounds for label, rounds in plans.items() if rounds}
+    if not plans:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * _units(plans)), 4.4))
+    first = next(iter(plans.values()))[0]
+    units = list(first["channels"])
+    ax.plot(range(len(units)), [first["channels"][u] for u in units], "k--", lw=1, label="dense")
+    for label, rounds in plans.items():
+        kept = {u: len(k) for u, k in rounds[-1]["keep"].items()}
+        widths = [kept.get(u, rounds[0]["channels"].get(u, 0)) for u in units]
+        ax.plot(range(len(units)), widths, marker=".", label=label)
+    ax.set_xticks(range(len(units)), [u.replace(".conv1", "").replace("layer", "L") for u in units], rotation=90)
+    ax.tick_params(axis="x", labelsize=6)
+    ax.set_xlabel("prunable layer (unit), forward order")
+    ax.set_ylabel("channels remaining")
+    ax.set_title(title or "remaining channels per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _units(plans: dict[str, list[dict[str, Any]]]) -> int:
+    return len(next(iter(plans.values()))[0]["channels"])
+
+
+def sparsity_curves(curves: dict[str, dict[str, Any]], title: str = "") -> Figure | None:
+    """``curves``: label -> stored sparsity curves (eps, unstructured, structured)."""
+    if not curves:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for label, c in curves.items():
+        style = {"ls": "--", "color": "grey"} if label.startswith("dense") else {}
+        left.plot(c["eps"], c["unstructured"], label=label, **style)
+        right.plot(c["eps"], c["structured"], label=label, **style)
+    left.set_title("unstructured: weights with |w| < eps")
+    right.set_title("structured: filters with mean |w| < eps")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("eps (weight magnitude)")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("fraction below eps")
+    right.legend(fontsize=8)
+    fig.suptitle(title or "sparsity of the trained (pre-pruning) models")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """``name``.png and ``name``.pdf under ``out_dir``; the figure is closed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return paths
