@@ -189,6 +189,14 @@ def test_two_workers_on_sqlite_complete_exactly_n_trials(tmp_path, cifar_root, d
     assert len(parent) == 1 and all(r.info.status == "FINISHED" for r in runs)
     assert all("method_config.normalize" in r.data.params for r in runs)  # the sampled hyperparameter
 
+    report = subprocess.run(
+        [sys.executable, "-m", "bench", "report", "--sweep", "sq", "--results-dir", str(tmp_path / "results")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in report.stdout.splitlines() if line.startswith("| ")][1:]
+    assert sorted(rows) == sorted(f"l1 (trial {t.number})" for t in complete)  # one row per trial, never averaged
+
     again = sweep(args, tmp_path, _env(cifar_root, dataset_cache))  # the study is full: nothing runs
     assert again.returncode == 0 and "nothing left to run" in again.stdout
     _assert_exactly(_study(f"sqlite:///{tmp_path / 'results' / 'optuna.db'}", "sq"), 4)

@@ -335,3 +335,30 @@ def test_server_roundtrip(mlflow_server: tuple[str, Path], tmp_path: Path) -> No
     }
     assert list((root / "art").rglob("model.txt")), "the server stored the artifact under --artifacts-destination"
     assert tracker.runs(parent)["run_id"].tolist() == [child]
+
+
+@pytest.mark.server
+def test_a_report_reads_runs_over_http(mlflow_server: tuple[str, Path]) -> None:
+    """bench report against a tracking server: runs logged as bench logs them, read back over HTTP."""
+    from reports.report import ReportRequest, build_report
+
+    url, _ = mlflow_server
+    tracker = Tracker(url, "report-over-http")
+    parent = tracker.start_run("resnet20 cifar10 l1", key="report-parent", tags={"bench.model": "resnet20"})
+    dense = {"test_acc": 0.91, "params": 270000, "macs": 40550000}
+    for seed in (0, 1):
+        for method, acc, macs in (("dense", 0.91 + seed / 100, 40550000), ("l1", 0.90 + seed / 100, 20200000)):
+            run = tracker.start_run(f"{method} {seed}", parent_id=parent, key=f"{method}-{seed}",
+                                    tags={"bench.method": method, "bench.seed": str(seed), "bench.dataset": "cifar10",
+                                          "bench.model": "resnet20", "bench.baseline_key": f"k{seed}"})  # fmt: skip
+            metrics = {"test_acc": acc, "params": 270000 if method == "dense" else 140000, "macs": macs,
+                       "dense_test_acc": 0.91 + seed / 100, "dense_params": dense["params"],
+                       "dense_macs": dense["macs"]}  # fmt: skip
+            tracker.log_metrics(run, metrics)
+            tracker.end_run(run)
+    tracker.end_run(parent)
+    report = build_report(ReportRequest(tracking_uri=url, run_ids=(parent,), fmt="md"))
+    [table] = report.tables
+    assert [row["method"] for row in table.rows] == ["dense", "l1"]
+    assert table.rows[1]["n"] == "2" and table.rows[1]["test acc (%)"] == "90.50 +- 0.71"
+    assert table.rows[1]["FLOPs red. (%)"].startswith("50.2")
