@@ -8,7 +8,9 @@ Rules (PruneConfig picks one):
 - ``layer_ratio``: the same fraction ``p`` of every unit, keeping ``int(C * (1 - p))`` (Li et al.).
 - a named plan: kept counts per unit from a published configuration (``bench.named_plans``).
 Every rule keeps at least ``max(1, ceil(min_keep_fraction * C))`` channels of each unit, the
-highest-scoring ones, so no layer is ever emptied.
+highest-scoring ones, so no layer is ever emptied. With ``round_to`` > 1 every kept count is
+rounded up to a multiple of it (at most the unit's width), and the FLOPs search measures the
+rounded counts, so the target still holds.
 """
 
 from __future__ import annotations
@@ -167,12 +169,22 @@ def candidates(
     return out
 
 
-def counts_after(units: list[PrunableUnit], ranked: list[tuple[float, str]], k: int) -> dict[str, int]:
-    """Kept counts per unit after removing the first ``k`` of ``ranked``."""
+def counts_after(
+    units: list[PrunableUnit], ranked: list[tuple[float, str]], k: int, round_to: int = 1
+) -> dict[str, int]:
+    """Kept counts per unit after removing the first ``k`` of ``ranked`` (then rounded up)."""
     counts = {u.name: u.channels for u in units}
     for _, name in ranked[:k]:
         counts[name] -= 1
-    return counts
+    return round_counts(units, counts, round_to)
+
+
+def round_counts(units: list[PrunableUnit], counts: Mapping[str, int], round_to: int) -> dict[str, int]:
+    """Each count rounded up to a multiple of ``round_to``, capped at the unit's width."""
+    if round_to <= 1:
+        return dict(counts)
+    width = {u.name: u.channels for u in units}
+    return {n: min(width[n], math.ceil(c / round_to) * round_to) for n, c in counts.items()}
 
 
 def by_flops_target(
@@ -182,14 +194,16 @@ def by_flops_target(
     target: float,
     min_keep_fraction: float = 0.0,
     max_prune_fraction: float = 1.0,
+    round_to: int = 1,
 ) -> dict[str, int]:
     """Kept counts for the smallest global threshold whose MACs reduction reaches ``target``.
 
     Binary search over how many of the globally lowest-scoring channels go; MACs never increase as
-    more channels go, so the search is exact up to one channel.
+    more channels go (rounding up is monotone too), so the search is exact up to one channel (one
+    rounding step with ``round_to``).
     """
     ranked = candidates(units, scores, min_keep_fraction, max_prune_fraction)
-    most = cost.reduction(counts_after(units, ranked, len(ranked)))
+    most = cost.reduction(counts_after(units, ranked, len(ranked), round_to))
     if most < target:
         raise TargetUnreachable(
             f"target FLOPs reduction {target:.3f} is unreachable: pruning every prunable channel gives "
@@ -199,11 +213,11 @@ def by_flops_target(
     lo, hi = 0, len(ranked)
     while lo < hi:
         mid = (lo + hi) // 2
-        if cost.reduction(counts_after(units, ranked, mid)) >= target:
+        if cost.reduction(counts_after(units, ranked, mid, round_to)) >= target:
             hi = mid
         else:
             lo = mid + 1
-    return counts_after(units, ranked, lo)
+    return counts_after(units, ranked, lo, round_to)
 
 
 def by_channel_fraction(

@@ -103,6 +103,9 @@ class PruneConfig:
     layer_ratio: float | None = None  # the same fraction of every unit (Li et al.)
     plan: str | None = None  # a named plan, e.g. "l1-a"
     min_keep_fraction: float = 0.0  # every unit keeps at least max(1, ceil(this * C)) channels
+    # kept counts rounded up to a multiple of this (1: off). Kernels run fastest on channel counts
+    # that fill their vector width; a FLOPs target is then met with the rounded counts.
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         for name in ("target_flops_reduction", "channel_fraction", "layer_ratio"):
@@ -111,6 +114,10 @@ class PruneConfig:
         _check(
             0 <= self.min_keep_fraction < 1,
             f"prune.min_keep_fraction must be in [0, 1), got {self.min_keep_fraction}",
+        )
+        _check(
+            isinstance(self.round_to, int) and self.round_to >= 1,
+            f"prune.round_to must be an integer >= 1, got {self.round_to!r}",
         )
         active = [n for n in PRUNE_RULES if getattr(self, n) is not None]
         if not active:  # frozen: the default rule is filled in once, here

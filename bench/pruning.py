@@ -38,7 +38,7 @@ def default_plan(
     """Kept channels per unit under the configured rule; the scores choose which channels stay."""
     widths = {u.name: u.channels for u in units}
     cost = allocation.CostModel(model, units, input_size)
-    meta = {"rule": prune.rule, "round": round_index, "rounds": rounds}
+    meta = {"rule": prune.rule, "round": round_index, "rounds": rounds, "round_to": prune.round_to}
     if prune.plan is not None:
         if round_index > 0:
             raise BenchError(f"named plan '{prune.plan}' applies to the unpruned model; it cannot run in rounds")
@@ -46,12 +46,16 @@ def default_plan(
     elif prune.channel_fraction is not None:
         share = prune.channel_fraction / rounds  # of the current channels, per round
         counts = allocation.by_channel_fraction(units, scores, share, prune.min_keep_fraction)
+        counts = allocation.round_counts(units, counts, prune.round_to)
     elif prune.layer_ratio is not None:
         counts = allocation.by_layer_ratio(units, prune.layer_ratio / rounds, prune.min_keep_fraction)
+        counts = allocation.round_counts(units, counts, prune.round_to)
     else:
         target = round_target(prune.target_flops_reduction, round_index, rounds, original_macs or cost.base, cost.base)
         meta["round_target"] = target
-        counts = allocation.by_flops_target(units, scores, cost, target, prune.min_keep_fraction)
+        counts = allocation.by_flops_target(
+            units, scores, cost, target, prune.min_keep_fraction, round_to=prune.round_to
+        )
     meta["predicted_macs"] = cost.macs(counts)
     return allocation.plan_from_counts(model_name, units, scores, counts, backend, meta)
 

@@ -368,9 +368,7 @@ def trial_config(spec: SweepSpec, trial: optuna.Trial) -> RunConfig:
         # would change a categorical's choices, which Optuna refuses within one study
         cell = json.loads(trial.user_attrs[CELL])
         data = dataclasses.replace(base.data, name=cell["dataset"])
-        prune = PruneConfig(
-            target_flops_reduction=float(cell["target"]), min_keep_fraction=base.prune.min_keep_fraction
-        )
+        prune = _with_target(base.prune, float(cell["target"]))
         return dataclasses.replace(
             base, model=cell["model"], data=data, methods=(cell["method"],), seeds=(int(cell["seed"]),), prune=prune
         )
@@ -384,8 +382,13 @@ def trial_config(spec: SweepSpec, trial: optuna.Trial) -> RunConfig:
     prune = base.prune
     if spec.multi_objective:
         target = trial.suggest_float("target_flops_reduction", *spec.target_range)
-        prune = PruneConfig(target_flops_reduction=target, min_keep_fraction=base.prune.min_keep_fraction)
+        prune = _with_target(base.prune, target)
     return dataclasses.replace(base, methods=(spec.method,), seeds=base.seeds[:1], method=methods, prune=prune)
+
+
+def _with_target(prune: PruneConfig, target: float) -> PruneConfig:
+    """The run's pruning settings with the FLOPs-target rule at ``target`` (other rules cleared)."""
+    return dataclasses.replace(prune, target_flops_reduction=target, channel_fraction=None, layer_ratio=None, plan=None)
 
 
 class TrialRunner:

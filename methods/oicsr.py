@@ -139,7 +139,7 @@ class OICSR(Method):
             )
             meta["round_target"] = target
             try:
-                counts = by_flops_target(ctx.units, scores, cost, target, prune.min_keep_fraction, cap)
+                counts = by_flops_target(ctx.units, scores, cost, target, prune.min_keep_fraction, cap, prune.round_to)
             except TargetUnreachable as exc:
                 needed, most = f"a MACs reduction of {target:.3f}", f"{exc.most:.3f}"
                 raise BenchError(
@@ -151,7 +151,7 @@ class OICSR(Method):
             k = round(share * sum(u.channels for u in ctx.units))
             if k > len(allowed):
                 raise BenchError(self._unreachable(ctx, f"{k} channels", f"{len(allowed)} channels"))
-            counts = counts_after(ctx.units, allowed, k)
+            counts = counts_after(ctx.units, allowed, k, prune.round_to)
         meta["predicted_macs"] = cost.macs(counts)
         return plan_from_counts(ctx.model_name, ctx.units, scores, counts, backend_of(model), meta)
 

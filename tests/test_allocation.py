@@ -295,3 +295,29 @@ def test_unknown_named_plan_lists_valid_ones() -> None:
         named_plans.named_counts("resnet20", "l1-a", channels)
     assert named_plans.plans_for("resnet56") == ["l1-a", "l1-b"]
     assert named_plans.plans_for("resnet20") == []
+
+
+@pytest.mark.parametrize("round_to", [2, 4, 8])
+def test_round_to_keeps_multiples_and_still_meets_the_target(resnet56, round_to: int) -> None:
+    _, units, cost, scores = resnet56
+    counts = by_flops_target(units, scores, cost, 0.5, round_to=round_to)
+    width = {u.name: u.channels for u in units}
+    assert all(c % round_to == 0 or c == width[n] for n, c in counts.items())
+    assert cost.reduction(counts) >= 0.5
+    plain = cost.reduction(by_flops_target(units, scores, cost, 0.5))
+    assert cost.reduction(counts) - 0.5 <= 0.05 and plain - 0.5 <= 0.01  # one rounding step at most overshoots
+    assert by_flops_target(units, scores, cost, 0.5, round_to=round_to) == counts  # deterministic
+
+
+def test_round_counts_rounds_up_and_caps_at_the_width() -> None:
+    units = [PrunableUnit("a", 16, ()), PrunableUnit("b", 10, ())]
+    assert allocation.round_counts(units, {"a": 9, "b": 9}, 8) == {"a": 16, "b": 10}
+    assert allocation.round_counts(units, {"a": 1, "b": 8}, 8) == {"a": 8, "b": 8}
+    assert allocation.round_counts(units, {"a": 5, "b": 3}, 1) == {"a": 5, "b": 3}
+
+
+def test_round_to_is_validated() -> None:
+    from bench.config import PruneConfig
+
+    with pytest.raises(BenchError, match=r"prune\.round_to must be an integer >= 1"):
+        PruneConfig(round_to=0)
