@@ -209,6 +209,7 @@ def _add_speed(sub) -> None:
     p.add_argument("--images", type=int, default=4096, help="images for the data-pipeline comparison (default 4096)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline (default 2)")
     p.add_argument("--ffr-model", default="resnet56", help="model for the FFR-overhead comparison (default resnet56)")
+    p.add_argument("--latency-repeats", type=int, default=30, help="timed forwards per latency cell (default 30)")
     p.add_argument("--data-dir", help=f"root holding cifar10-jpeg/ (default ${DATA_ENV})")
     p.add_argument("--results-dir", default="results", help="for the decoded-image cache (default results/)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -337,6 +338,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
         args.data_dir or os.environ.get(DATA_ENV),
         args.results_dir,
         args.ffr_model,
+        args.latency_repeats,
     )
     print(json.dumps(report, indent=1) if args.json else format_speed(report))
     return 0

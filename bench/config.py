@@ -160,6 +160,8 @@ class RunConfig:
     deterministic: bool = False
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the training forward (eager fallback, with the reason, if it fails)
+    compile_backend: str = "inductor"
     eval_batch_size: int = 512
     published: bool = False  # print the published figures (results/reference/) beside ours
     latency: bool = False  # measure CPU/GPU latency of each final model

@@ -125,7 +125,14 @@ def prepare(
     paths = prepare_results_dir(cfg.results_dir)
     data = load_data(cfg, paths)
     runtime = Runtime(
-        resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.eval_batch_size, cfg.data.augment, progress
+        resolve_device(cfg.device),
+        cfg.amp,
+        cfg.channels_last,
+        cfg.eval_batch_size,
+        cfg.data.augment,
+        progress,
+        compile=cfg.compile,
+        compile_backend=cfg.compile_backend,
     )
     tracker = tracker or Tracker(resolve_tracking_uri(cfg.tracking_uri, paths.root), cfg.experiment)
     return paths, data, runtime, tracker
@@ -657,6 +664,8 @@ def _fit_phase(session, name, method, model, ctx, schedule, checkpoint, desc, ru
         desc=f"{desc} s{ctx.seed}",
         on_epoch=log_epoch,
     )
+    if session.runtime.compile:
+        session.tracker.set_tags(run_id, {f"bench.compile.{phase}": result.compile_status})
     if schedule.epochs == 0:  # nothing trained: evaluate the model as it stands
         stats = evaluate_splits(
             model,

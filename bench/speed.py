@@ -3,7 +3,14 @@
 (a) Training step: our loop (``training.EpochTrainer``, with its batched augmentation, hooks and
     bookkeeping) against a bare PyTorch loop over pre-built float batches of the same images, same
     model, batch size, precision and memory format. Ratio = our time / bare time (target <= 1.05).
-    A bare loop in plain NCHW is shown too: channels_last alone is worth 15-20% on this CPU.
+    A bare loop in plain NCHW is shown too: channels_last alone is worth 15-20% on this CPU. And a
+    DataLoader loop of the kind Torch-Pruning's CIFAR script runs: a torchvision-style dataset
+    (one PIL image and per-image RandomCrop/Flip/ToTensor/Normalize per item), ``num_workers``
+    processes, batches copied to the device each step; same model, batch, precision and format
+    (GPU target: ours >= 4x its images/s).
+(c) Inference latency of the dense model and of pruned ones (Li et al.'s named l1 plans for the
+    model, and 50% FLOPs plans of l1 and ffr, also with ``prune.round_to=8``) at batch 1 and 64:
+    see ``bench.latency``.
 (b) Data pipeline: our batched uint8 augmentation (``BatchLoader``) against torchvision
     ``ImageFolder`` + ``DataLoader`` with the standard per-image transforms (RandomCrop(32, 4),
     RandomHorizontalFlip, ToTensor, Normalize), in images/s (target >= 10x). A torchvision
@@ -33,6 +40,7 @@ from bench.augment import normalize
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
 from bench.errors import BenchError
+from bench.latency import format_latency, latency_comparison
 from bench.paths import prepare_results_dir
 from bench.training import EpochTrainer, Runtime, make_optimizer, resolve_device, seed_everything, train_loader
 
@@ -48,6 +56,7 @@ def speed(
     data_dir: str | None,
     results_dir: str,
     ffr_model: str = "resnet56",
+    latency_repeats: int = 30,
 ) -> dict[str, Any]:
     """Run every comparison and return one JSON-able report."""
     if min(batch_size, steps, repeats, images) < 1 or workers < 0:
@@ -63,8 +72,11 @@ def speed(
         "threads": torch.get_num_threads(),
         "cpu_or_gpu": env.get("env.device", "unknown"),
         "data_source": data.source,
-        "train_step": train_step_comparison(model_name, data, runtime, batch_size, steps, repeats),
+        "train_step": train_step_comparison(model_name, data, runtime, batch_size, steps, repeats, workers),
         "data_pipeline": data_pipeline_comparison(data, Path(data_dir), runtime, batch_size, images, workers, repeats),
+        "latency": latency_comparison(
+            model_name, data.num_classes, data.input_size, runtime.device, repeats=latency_repeats
+        ),
         "ffr_overhead": ffr_overhead_comparison(ffr_model, data, runtime, batch_size, steps, repeats),
     }
 
@@ -73,7 +85,7 @@ def speed(
 
 
 def train_step_comparison(
-    model_name: str, data: DatasetSplits, runtime: Runtime, batch_size: int, steps: int, repeats: int
+    model_name: str, data: DatasetSplits, runtime: Runtime, batch_size: int, steps: int, repeats: int, workers: int = 2
 ) -> dict[str, Any]:
     seed_everything(0)
     count = steps * batch_size
@@ -82,6 +94,7 @@ def train_step_comparison(
     base = models.create(model_name, data.num_classes, data.input_size)
     schedule = Schedule(epochs=1, batch_size=batch_size, lr=0.01, schedule="constant")
     loops = dict(zip(("ours", "bare", "bare_nchw"), _loop_pair(base, subset, schedule, runtime), strict=True))
+    loops["dataloader"] = _dataloader_loop(base, subset, schedule, runtime, workers)
     for loop in loops.values():
         loop()  # warm-up: allocator, kernels, first touch of the weights
     times: dict[str, list[float]] = {name: [] for name in loops}
@@ -98,9 +111,14 @@ def train_step_comparison(
         "ours_ms_per_step": ms["ours"],
         "bare_ms_per_step": ms["bare"],
         "bare_nchw_ms_per_step": ms["bare_nchw"],
+        "dataloader_ms_per_step": ms["dataloader"],
+        "dataloader_workers": workers,
+        "images_per_s": {name: batch_size / t * 1e3 for name, t in ms.items()},
         "ratio_ours_over_bare": ms["ours"] / ms["bare"],
         "ratio_ours_over_bare_nchw": ms["ours"] / ms["bare_nchw"],
+        "speedup_ours_over_dataloader": ms["dataloader"] / ms["ours"],
         "target_max_ratio": 1.05,
+        "target_min_speedup_over_dataloader_gpu": 4.0,
     }
 
 
@@ -140,6 +158,37 @@ def _bare_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
         return time.perf_counter() - start
 
     return bare
+
+
+def _dataloader_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime: Runtime, workers: int):
+    """Torch-Pruning's CIFAR-script shape: DataLoader over a per-image-transform dataset, each
+    batch copied to the device, then the same step as the bare loop. Its workers start once and
+    persist, as they would across the epochs of a real run."""
+    from torch.utils.data import DataLoader
+
+    model = copy.deepcopy(base).to(runtime.device, memory_format=runtime.memory_format)
+    opt = make_optimizer(model, schedule)
+    cuda = runtime.device.type == "cuda"
+    loader = DataLoader(
+        _PILArrays(data.train, _reference_transform(data)), schedule.batch_size, shuffle=True,
+        num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, drop_last=False,
+    )  # fmt: skip
+
+    def dataloader() -> float:
+        model.train()
+        start = time.perf_counter()
+        for x, y in loader:
+            x = x.to(runtime.device, non_blocking=cuda).contiguous(memory_format=runtime.memory_format)
+            y = y.to(runtime.device, non_blocking=cuda)
+            with runtime.autocast:
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(runtime)
+        return time.perf_counter() - start
+
+    return dataloader
 
 
 def _timed_epochs(trainer: EpochTrainer, runtime: Runtime):
@@ -320,12 +369,17 @@ def format_speed(report: dict[str, Any]) -> str:
             f"(target <= {t['target_max_ratio']})",
             f"    bare PyTorch in plain NCHW {t['bare_nchw_ms_per_step']:.1f} ms/step   "
             f"ratio ours/bare-NCHW {t['ratio_ours_over_bare_nchw']:.3f}",
+            f"    DataLoader loop (Torch-Pruning style, {t['dataloader_workers']} workers) "
+            f"{t['dataloader_ms_per_step']:.1f} ms/step   images/s: ours {t['images_per_s']['ours']:,.0f}, "
+            f"DataLoader {t['images_per_s']['dataloader']:,.0f}, speed-up {t['speedup_ours_over_dataloader']:.2f}x "
+            f"(GPU target >= {t['target_min_speedup_over_dataloader_gpu']:.0f}x)",
             f"(b) data pipeline, {d['images']} images, batch {d['batch_size']}, DataLoader workers {d['workers']}:",
             f"    ours (batched uint8) {d['ours_images_per_s']:,.0f} img/s",
             f"    ImageFolder+DataLoader {d['imagefolder_dataloader_images_per_s']:,.0f} img/s   "
             f"ratio {d['ratio_ours_over_imagefolder']:.1f}x (target >= {d['target_min_ratio']:.0f}x)",
             f"    PIL-from-arrays+DataLoader (torchvision CIFAR10 style) "
             f"{d['pil_arrays_dataloader_images_per_s']:,.0f} img/s   ratio {d['ratio_ours_over_pil_arrays']:.1f}x",
+            format_latency(report["latency"]),
             f"(d) FFR overhead, {f['model']}, batch {f['batch_size']}, median of {f['repeats']} alternating passes of "
             f"{f['steps']} steps, {f['memory_format']}, ffr defaults ({params}):",
             f"    with FFR {f['ffr_ms_per_step']:.1f} ms/step   plain {f['plain_ms_per_step']:.1f} ms/step   "

@@ -15,6 +15,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,8 @@ class Runtime:
     augment: bool = True
     progress: bool = True  # progress bars
     epoch_lines: bool = True  # one summary line per epoch, kept when bars are off
+    compile: bool = False  # torch.compile the training forward; falls back to eager, with the reason, if it fails
+    compile_backend: str = "inductor"  # torch.compile's backend (e.g. "aot_eager", "cudagraphs")
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -73,6 +76,7 @@ class FitResult:
     final_val_acc: float = float("nan")
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    compile_status: str = "off"  # "on", "off: <why>" or "failed: <error>" (then it trained eagerly)
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         return {
@@ -255,6 +259,7 @@ def fit(
     finally:
         bar.close()
         trainer.close()
+    state.result.compile_status = trainer.compile_status
     return _finish(state, model)
 
 
@@ -277,10 +282,41 @@ class EpochTrainer:
     desc: str = "train"
     on_step: Callable[[], None] = lambda: None  # progress-bar tick
     capture: FeatureCapture | None = field(init=False, default=None)
+    compile_status: str = field(init=False, default="off")
+    _forward: Callable[[torch.Tensor], torch.Tensor] = field(init=False)
+    _compiled_once: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        features = self.method.feature_modules(self.model) if self.method is not None else []
         if self.method is not None:
-            self.capture = FeatureCapture(self.model, self.method.feature_modules(self.model))
+            self.capture = FeatureCapture(self.model, features)
+        self._forward = self.model
+        if self.runtime.compile and features:
+            self.compile_status = "off: the method's feature hooks need eager forwards"
+        elif self.runtime.compile:
+            try:
+                self._forward = torch.compile(self.model, backend=self.runtime.compile_backend)
+                self.compile_status = "on"
+            except Exception as exc:  # e.g. an unknown backend: fail over at once
+                self._fall_back(exc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's forward, compiled when asked; a compile that fails falls back to eager, once."""
+        if self.compile_status != "on" or self._compiled_once:
+            return self._forward(x)
+        try:
+            out = self._forward(x)
+        except Exception as exc:  # inductor/dynamo raise many kinds; training goes on eagerly
+            self._fall_back(exc)
+            return self.model(x)
+        self._compiled_once = True
+        return out
+
+    def _fall_back(self, exc: Exception) -> None:
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        self.compile_status = f"failed: {type(exc).__name__}: {reason}"
+        print(f"warning: torch.compile {self.compile_status}; training eagerly", file=sys.stderr)
+        self._forward = self.model
 
     def close(self) -> None:
         if self.capture is not None:
@@ -320,7 +356,7 @@ class EpochTrainer:
         """forward (features captured) -> loss + regularization -> backward -> hooks -> optimizer step."""
         method, ctx = self.method, self.ctx
         with self.runtime.autocast:
-            logits = self.model(x)
+            logits = self.forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.schedule.label_smoothing)
             if method is not None:
                 extra = method.regularization(self.model, self.capture.take(), ctx)

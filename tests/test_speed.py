@@ -60,8 +60,18 @@ def test_speed_report_has_every_field(cifar_root, dataset_cache, monkeypatch, tm
         data_dir=str(cifar_root),
         results_dir=str(tmp_path),
         ffr_model="resnet20",
+        latency_repeats=2,
     )
     assert set(report["train_step"]) >= TRAIN_FIELDS
+    latency = report["latency"]
+    assert [row["variant"] for row in latency["rows"]][:2] == ["dense", "l1 50% FLOPs"]
+    for row in latency["rows"]:
+        for batch in (1, 64):
+            cell = row[f"batch_{batch}"]
+            assert cell["median_ms"] > 0 and cell["batch_size"] == batch and cell["repeats"] == 2
+            expected = 1.0 if row["variant"] == "dense" else cell["speedup"] / row["flops_ratio"]
+            assert cell["efficiency"] == pytest.approx(expected)
+    assert report["train_step"]["images_per_s"]["dataloader"] > 0
     assert set(report["data_pipeline"]) >= DATA_FIELDS
     assert report["train_step"]["ratio_ours_over_bare"] > 0
     assert report["data_pipeline"]["ours_images_per_s"] > 0
@@ -74,6 +84,7 @@ def test_speed_report_has_every_field(cifar_root, dataset_cache, monkeypatch, tm
     assert ffr["ffr_params"]["align"] == "shortcut"
     text = format_speed(report)
     assert "ratio ours/bare" in text and "ImageFolder+DataLoader" in text and "ratio ffr/plain" in text
+    assert "(c) inference latency" in text and "DataLoader loop (Torch-Pruning style" in text
 
 
 def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
@@ -100,6 +111,8 @@ def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
             "0",
             "--ffr-model",
             "resnet20",
+            "--latency-repeats",
+            "1",
             "--data-dir",
             str(cifar_root),
             "--results-dir",

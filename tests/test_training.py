@@ -99,3 +99,64 @@ def test_divergence_is_reported(small_cifar):
     model = models.create("resnet20")
     with pytest.raises(DivergedError):
         fit(model, small_cifar, Schedule(epochs=1, batch_size=128, lr=1e6, momentum=0.0), CPU, seed=0)
+
+
+# --- torch.compile --------------------------------------------------------------------------------
+
+
+def _tiny_epoch(runtime: Runtime, method=None):
+    """One epoch of the tiny conv net on synthetic 8x8 images: these tests are about the compile
+    path (status, fallback, equal numerics), not about learning."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from method_models import tiny
+
+    from bench.testing import synthetic_splits
+    from bench.training import EpochTrainer, make_optimizer, train_loader
+
+    torch.manual_seed(0)
+    data = synthetic_splits(num_classes=3, size=8, n_train=64)  # shapes only: this is about the compile path
+    model, _ = tiny()
+    schedule = Schedule(epochs=1, batch_size=32, lr=0.01)
+    trainer = EpochTrainer(model, train_loader(data, schedule, runtime, 0), make_optimizer(model, schedule), schedule,
+                           runtime, method)  # fmt: skip
+    return trainer, trainer.run(0)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(one_thread):
+    eager_trainer, eager = _tiny_epoch(CPU)
+    compiled_trainer, compiled = _tiny_epoch(Runtime(torch.device("cpu"), progress=False, epoch_lines=False,
+                                                     compile=True))  # fmt: skip
+    assert compiled_trainer.compile_status == "on" and eager_trainer.compile_status == "off"
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-4)
+
+
+def test_a_compile_that_fails_trains_eagerly_and_says_why(one_thread, capsys):
+    runtime = Runtime(torch.device("cpu"), progress=False, epoch_lines=False, compile=True,
+                      compile_backend="no-such-backend")  # fmt: skip
+    trainer, stats = _tiny_epoch(runtime)
+    assert trainer.compile_status.startswith("failed: ") and "no-such-backend" in trainer.compile_status
+    assert stats["train_loss"] == pytest.approx(_tiny_epoch(CPU)[1]["train_loss"])  # the eager result
+    assert "training eagerly" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_the_gpu_path_keeps_data_and_augmentation_on_the_device(small_cifar):
+    """uint8 data and augmentation on the GPU, bf16 autocast, channels_last, compiled forward."""
+    from bench.training import EpochTrainer, make_optimizer, train_loader
+
+    runtime = Runtime(torch.device("cuda"), amp=True, channels_last=True, progress=False, epoch_lines=False,
+                      compile=True)  # fmt: skip
+    schedule = Schedule(epochs=1, batch_size=128, lr=0.05)
+    loader = train_loader(small_cifar, schedule, runtime, seed=0)
+    assert loader.images.device.type == "cuda" and loader.images.dtype == torch.uint8
+    x, y = next(iter(loader))
+    assert y.device.type == "cuda"
+    assert x.device.type == "cuda" and x.is_contiguous(memory_format=torch.channels_last)
+    model = models.create("resnet20").to("cuda", memory_format=torch.channels_last)
+    trainer = EpochTrainer(model, loader, make_optimizer(model, schedule), schedule, runtime)
+    stats = trainer.run(0)
+    assert trainer.compile_status == "on" and stats["train_loss"] > 0
