@@ -189,6 +189,7 @@ def _add_sweep_bench(sub) -> None:
     )
     p.add_argument("--trials", type=int, default=8, help="tiny trials per worker count (default 8)")
     p.add_argument("--workers", default="1,2", help="worker counts to compare, first is the base (default 1,2)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores // workers)")
     p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -471,7 +472,7 @@ def cmd_sweep_bench(args: argparse.Namespace) -> int:
     counts = tuple(_int(c, "--workers") for c in _split(args.workers))
     if not counts or min(counts) < 1:
         raise BenchError(f"--workers takes positive worker counts, got '{args.workers}'")
-    report = worker_scaling(args.data_dir or os.environ.get(DATA_ENV), args.trials, counts)
+    report = worker_scaling(args.data_dir or os.environ.get(DATA_ENV), args.trials, counts, args.threads)
     print(json.dumps(report, indent=1) if args.json else format_scaling(report))
     return 0
 

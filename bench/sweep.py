@@ -132,6 +132,8 @@ def open_storage(spec: SweepSpec) -> optuna.storages.RDBStorage:
     """The RDB storage with heartbeats and retries. sqlite waits up to 5 min for a lock instead of
     failing with "database is locked" when workers write at once."""
     url = normalize_storage_url(spec.storage)
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     engine: dict[str, Any] = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -512,7 +514,7 @@ def work(spec: SweepSpec, worker: int, say: Callable[[str], None] = print) -> No
         if state == "done":
             return
         if state == "wait":
-            time.sleep(min(spec.heartbeat_s, 5))
+            time.sleep(1.0)  # another worker's trial may end (or fail over) any moment; a poll is one query
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 

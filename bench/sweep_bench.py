@@ -2,9 +2,12 @@
 
 The same fixed set of tiny trials (a grid of ``l1`` cells at evenly spaced FLOPs targets, one
 dense baseline trained beforehand and shared) runs once per worker count, each in its own study
-of one sqlite storage, with the thread split that ``bench sweep --workers K`` uses (cores // K
-torch threads per worker). Only the worker phase is timed: process start-up, data loading from
-the decode cache, training, evaluation and the MLflow and Optuna writes of every trial.
+of one sqlite storage. Threads: by default the split ``bench sweep --workers K`` uses (cores // K
+torch threads per worker: what a user gets on this machine), or a fixed count per worker
+(``threads``), which isolates how the sweep machinery itself scales when a worker's compute does
+not already fill the machine (as on a GPU, or with many cores). Only the worker phase is timed:
+process start-up, data loading from the decode cache, training, evaluation and the MLflow and
+Optuna writes of every trial.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ TINY = {
 }
 
 
-def worker_scaling(data_dir: str | None, trials: int = 8, counts: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
-    """Run ``trials`` identical-cost trials with each worker count; trials/min and the ratio to the first."""
+def worker_scaling(
+    data_dir: str | None, trials: int = 8, counts: tuple[int, ...] = (1, 2), threads: int = 0
+) -> dict[str, Any]:
+    """Run ``trials`` identical-cost trials with each worker count; trials/min and the ratio to the first.
+    ``threads``: torch threads per worker, 0 for cores // workers."""
     if not data_dir:
         raise BenchError("sweep-bench needs the datasets: pass --data-dir or set $BENCH_DATA_DIR")
     if trials < 2:
@@ -49,7 +55,7 @@ def worker_scaling(data_dir: str | None, trials: int = 8, counts: tuple[int, ...
                 kind="grid",
                 base=cfg.to_dict(),
                 trials=len(cells),
-                threads=max(1, cores // count),
+                threads=threads or max(1, cores // count),
             )
             spec = sweep.prepare_sweep(spec, cells, say=lambda _line: None)
             sweep.warm_baselines(spec, cells, say=lambda _line: None)
