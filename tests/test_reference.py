@@ -7,8 +7,8 @@ import sys
 
 import pandas as pd
 
-from reports.reference import REFERENCE_CSV, load_published, published_rows, with_published
-from reports.tables import COLUMNS
+from reports.reference import REFERENCE_CSV, load_published, published_for
+from reports.tables import build_tables
 
 REQUIRED = ["method", "model", "dataset", "config", "baseline_acc", "pruned_acc", "params_reduction",
             "flops_reduction", "flops_convention", "selection", "source"]  # fmt: skip
@@ -32,21 +32,27 @@ def test_errors_were_converted_to_accuracy():
     assert (row.baseline_acc, row.pruned_acc) == (100 - 6.96, 100 - 6.90)
 
 
-def test_published_rows_match_model_and_dataset_and_are_marked():
-    rows = published_rows(load_published(), "vgg19", "cifar10")
-    assert len(rows) == 1 and list(rows.columns) == COLUMNS
-    row = rows.iloc[0]
-    assert row["method"].startswith("slim (published") and "selected on test" in row["method"]
-    assert row["test acc (%)"] == "93.80" and row["acc change (pp)"] == "+0.14"
-    assert row["FLOPs red. (%)"] == "51.0 (2x MACs)"  # Network Slimming counts 2 FLOPs per MAC
-    assert published_rows(load_published(), "vgg19", "cifar100").iloc[0]["params red. (%)"] == "75.1"
+def test_published_for_matches_model_and_dataset():
+    rows = published_for("vgg19", "cifar10")
+    assert len(rows) == 1 and rows.iloc[0]["method"] == "slim" and rows.iloc[0]["flops_convention"] == "2x MACs"
+    assert published_for("resnet32", "cifar10").empty
 
 
-def test_with_published_appends_after_ours_and_leaves_unmatched_tables_alone():
-    ours = pd.DataFrame([{c: "x" for c in COLUMNS}], columns=COLUMNS)
-    both = with_published(ours, "resnet56", "cifar10")
-    assert len(both) == 3 and both.iloc[0]["method"] == "x"
-    assert with_published(ours, "resnet32", "cifar10") is ours
+def test_published_rows_sit_after_ours_marked_and_footnoted():
+    ours = pd.DataFrame(
+        [
+            {"method": m, "seed": 0, "test_acc": acc, "dense_test_acc": 0.936, "params": p, "dense_params": 20e6,
+             "macs": f, "dense_macs": 398e6}
+            for m, acc, p, f in (("dense", 0.936, 20e6, 398e6), ("slim", 0.935, 5e6, 200e6))
+        ]
+    )  # fmt: skip
+    table = build_tables(ours, group_by=(), reference=published_for("vgg19", "cifar10"))[0]
+    labels = [row["method"] for row in table.rows]
+    assert labels[:2] == ["dense", "slim"] and labels[2].startswith("slim (") and labels[2].endswith("[published]")
+    published = table.rows[2]
+    assert published["test acc (%)"] == "93.80" and published["acc change (pp)"] == "+0.14"
+    assert published["FLOPs red. (%)"] == "51.0 †"  # Network Slimming counts 2 FLOPs per MAC
+    assert any("2x MACs" in note for note in table.footnotes)
 
 
 def test_reports_never_import_torch():
