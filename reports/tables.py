@@ -165,11 +165,12 @@ def row_labels(runs: pd.DataFrame) -> pd.Series:
 
 def _labels(ours: pd.DataFrame) -> pd.Series:
     """The row a run belongs to: its method, or "<method> (trial N)" for a sweep trial (trials differ in
-    hyperparameters, so they are never averaged together)."""
+    hyperparameters, so they are never averaged together; the study is named when there are several)."""
     if "trial" not in ours:
         return ours["method"].astype(str)
     trial = pd.to_numeric(ours["trial"], errors="coerce")
-    with_trial = ours["method"].astype(str) + " (trial " + trial.astype("Int64").astype(str) + ")"
+    study = ours["study"].astype(str) + " " if "study" in ours and ours["study"].nunique() > 1 else ""
+    with_trial = ours["method"].astype(str) + " (" + study + "trial " + trial.astype("Int64").astype(str) + ")"
     return with_trial.where(trial.notna(), ours["method"].astype(str))
 
 
