@@ -134,7 +134,9 @@ def test_second_run_reuses_the_baseline_and_measures_latency(smoke_run):
     args = ["run", "--methods", "l1", *SMOKE, *latency, "--published", "--results-dir", str(work / "results")]
     proc = bench(args, work, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| group_lasso (published, depth 20 -> 18; selected on test) |" in proc.stdout  # resnet20's row
+    assert "| group_lasso (depth 20 -> 18) [published] |" in proc.stdout  # resnet20's published row, marked
+    assert "- published rows are copied from the papers" in proc.stdout  # the footnote on their protocol
+    assert "| latency (ms) | speed-up |" in proc.stdout  # measured latency joins the table
     assert "reusing cached baseline" in proc.stdout
     assert "dense s0 epoch" not in proc.stdout  # nothing was trained for the baseline
     runs = _runs(_client(work / "results"))
