@@ -519,13 +519,16 @@ def work(spec: SweepSpec, worker: int, say: Callable[[str], None] = print) -> No
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
 
-def start_workers(spec_file: Path, count: int, quiet: bool = False) -> list[subprocess.Popen]:
-    """``count`` worker processes (``python -m bench sweep --worker SPEC``), sharing our stdout."""
-    out = subprocess.DEVNULL if quiet else None
+def start_workers(spec_file: Path, count: int, log_dir: Path | None = None) -> list[subprocess.Popen]:
+    """``count`` worker processes (``python -m bench sweep --worker SPEC``), sharing our stdout, or
+    each writing ``worker-<i>.log`` under ``log_dir``."""
     procs = []
     for worker in range(count):
         cmd = [sys.executable, "-m", "bench", "sweep", "--worker", str(spec_file), "--worker-index", str(worker)]
-        procs.append(subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=out))
+        out = None if log_dir is None else open(log_dir / f"worker-{worker}.log", "w")  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None)
+        )
     return procs
 
 

@@ -61,12 +61,16 @@ def worker_scaling(
             sweep.warm_baselines(spec, cells, say=lambda _line: None)
             spec_file = sweep.write_spec(spec)
             start = time.perf_counter()
-            codes = sweep.wait_for(sweep.start_workers(spec_file, count, quiet=True), say=print)
+            logs = Path(tmp) / f"logs-{count}"
+            logs.mkdir(exist_ok=True)
+            codes = sweep.wait_for(sweep.start_workers(spec_file, count, log_dir=logs), say=print)
             seconds = time.perf_counter() - start
             complete = sweep.open_study(spec).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
             if any(codes) or len(complete) != len(cells):
+                tails = "\n".join(f.read_text()[-1500:] for f in sorted(logs.glob("*.log")))
                 raise BenchError(
-                    f"{count} worker(s): exit codes {codes}, {len(complete)} of {len(cells)} trials complete"
+                    f"{count} worker(s): exit codes {codes}, {len(complete)} of {len(cells)} trials complete; "
+                    f"the workers' output ends:\n{tails}"
                 )
             rows.append({"workers": count, "threads_per_worker": spec.threads, "seconds": seconds,
                          "trials_per_minute": len(cells) / seconds * 60})  # fmt: skip
