@@ -144,11 +144,18 @@ def _bare_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
     x_all = normalize(data.train.images.to(runtime.device), data.mean, data.std).contiguous(memory_format=fmt)
     labels = data.train.labels.to(runtime.device)
     batches = list(zip(x_all.split(schedule.batch_size), labels.split(schedule.batch_size), strict=True))
+    return _plain_passes(model, opt, batches, runtime, lambda x, y: (x, y))
 
-    def bare() -> float:
+
+def _plain_passes(model: nn.Module, opt, batches, runtime: Runtime, to_device):
+    """A closure that times one pass of forward, loss, zero_grad, backward, step over ``batches``,
+    each batch first through ``to_device(x, y)``; nothing else."""
+
+    def one_pass() -> float:
         model.train()
         start = time.perf_counter()
         for x, y in batches:
+            x, y = to_device(x, y)
             with runtime.autocast:
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -157,7 +164,7 @@ def _bare_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime
         _sync(runtime)
         return time.perf_counter() - start
 
-    return bare
+    return one_pass
 
 
 def _dataloader_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime: Runtime, workers: int):
@@ -174,21 +181,11 @@ def _dataloader_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, r
         num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, drop_last=False,
     )  # fmt: skip
 
-    def dataloader() -> float:
-        model.train()
-        start = time.perf_counter()
-        for x, y in loader:
-            x = x.to(runtime.device, non_blocking=cuda).contiguous(memory_format=runtime.memory_format)
-            y = y.to(runtime.device, non_blocking=cuda)
-            with runtime.autocast:
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        _sync(runtime)
-        return time.perf_counter() - start
+    def to_device(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(runtime.device, non_blocking=cuda).contiguous(memory_format=runtime.memory_format)
+        return x, y.to(runtime.device, non_blocking=cuda)
 
-    return dataloader
+    return _plain_passes(model, opt, loader, runtime, to_device)
 
 
 def _timed_epochs(trainer: EpochTrainer, runtime: Runtime):

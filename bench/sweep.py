@@ -101,6 +101,17 @@ class SweepSpec:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def base_config(self) -> RunConfig:
+        """The RunConfig every trial starts from (``base`` is its JSON form)."""
+        return configmod.from_dict(json.loads(json.dumps(self.base)))
+
+    def tracker(self):
+        """The MLflow store and experiment of the sweep's runs."""
+        from bench.tracking import Tracker, resolve_tracking_uri
+
+        base = self.base_config()
+        return Tracker(resolve_tracking_uri(base.tracking_uri, Path(base.results_dir).resolve()), base.experiment)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
@@ -364,7 +375,7 @@ def trial_config(spec: SweepSpec, trial: optuna.Trial) -> RunConfig:
     """The RunConfig of one trial: the base config plus the sampled (or the cell's) settings."""
     from bench import registry
 
-    base = configmod.from_dict(json.loads(json.dumps(spec.base)))
+    base = spec.base_config()
     if spec.kind == "grid":
         # the cell lives in a user attribute, not in params: a grid extended later (another target)
         # would change a categorical's choices, which Optuna refuses within one study
@@ -397,12 +408,8 @@ class TrialRunner:
     """Runs trials in one worker process: one tracker, the decoded datasets kept between trials."""
 
     def __init__(self, spec: SweepSpec, say: Callable[[str], None]) -> None:
-        from bench.tracking import Tracker, resolve_tracking_uri
-
-        base = configmod.from_dict(json.loads(json.dumps(spec.base)))
-        root = Path(base.results_dir).resolve()
         self.spec, self.say = spec, say
-        self.tracker = Tracker(resolve_tracking_uri(base.tracking_uri, root), base.experiment)
+        self.tracker = spec.tracker()
         self._data: dict[Any, Any] = {}
         self._pruned = _pruned_type()
 
@@ -481,13 +488,10 @@ class SurplusTrial(Exception):
     """A trial whose slot is already filled (see the module docs); it ends at once."""
 
 
-def _params_text(trial: optuna.Trial) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in _shown_params(trial.params, trial.user_attrs).items())
-
-
-def _shown_params(params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial's sampled params, or its grid cell."""
-    return json.loads(user_attrs[CELL]) if CELL in user_attrs else dict(params)
+def _params_text(trial: optuna.Trial | FrozenTrial) -> str:
+    """A trial's sampled params, or its grid cell, as ``k=v, ...``."""
+    shown = json.loads(trial.user_attrs[CELL]) if CELL in trial.user_attrs else trial.params
+    return ", ".join(f"{k}={_short(v)}" for k, v in shown.items())
 
 
 def _short(value: Any) -> str:
@@ -604,22 +608,15 @@ def format_summary(summary: Summary, spec: SweepSpec) -> str:
             values = ", ".join(f"{v:.4f}" for v in t.values)
             test = t.user_attrs.get("bench.test_acc")
             test_text = f" (test {test:.4f}, reported only)" if isinstance(test, float) else ""
-            lines.append(f"  trial {t.number}: {values}{test_text}  {_params_of(t)}")
+            lines.append(f"  trial {t.number}: {values}{test_text}  {_params_text(t)}")
     return "\n".join(lines)
-
-
-def _params_of(trial: FrozenTrial) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in _shown_params(trial.params, trial.user_attrs).items())
 
 
 def prepare_sweep(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Callable[[str], None]) -> SweepSpec:
     """Create (or join) the study and the MLflow parent run, enqueue missing grid cells, and train the
     dense baselines once before any worker starts; returns the spec with the parent run id."""
-    from bench.tracking import Tracker, resolve_tracking_uri
-
     study = open_study(spec)
-    base = configmod.from_dict(json.loads(json.dumps(spec.base)))
-    tracker = Tracker(resolve_tracking_uri(base.tracking_uri, Path(base.results_dir).resolve()), base.experiment)
+    tracker = spec.tracker()
     parent = study.user_attrs.get("bench.mlflow_parent")
     if parent is None:
         tags = {"bench.kind": "sweep", "optuna.study": spec.study, "optuna.storage": _redact(spec.storage)}
@@ -656,7 +653,7 @@ def warm_baselines(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Cal
     methods that prune it), once, before workers start: they would otherwise wait on each other."""
     from bench import runner
 
-    base = configmod.from_dict(json.loads(json.dumps(spec.base)))
+    base = spec.base_config()
     if cells is None:
         needed = [(base.model, base.data, base.seeds[0])]
     else:
@@ -695,8 +692,7 @@ def run_sweep(
 def write_spec(spec: SweepSpec) -> Path:
     from bench.checkpoint import atomic_write_text
 
-    base = configmod.from_dict(json.loads(json.dumps(spec.base)))
-    path = Path(base.results_dir).resolve() / "sweeps" / f"{_safe(spec.study)}-{os.getpid()}.json"
+    path = Path(spec.base_config().results_dir).resolve() / "sweeps" / f"{_safe(spec.study)}-{os.getpid()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.to_json(), path)
     return path
@@ -707,17 +703,14 @@ def _safe(name: str) -> str:
 
 
 def _finish_parent(spec: SweepSpec, summary: Summary, study: optuna.Study) -> None:
-    from bench.tracking import Tracker, resolve_tracking_uri
-
-    base = configmod.from_dict(json.loads(json.dumps(spec.base)))
-    tracker = Tracker(resolve_tracking_uri(base.tracking_uri, Path(base.results_dir).resolve()), base.experiment)
+    tracker = spec.tracker()
     tracker.log_metrics(
         spec.parent_run_id,
         {"trials_complete": summary.complete, "trials_pruned": summary.pruned, "trials_failed": summary.failed},
     )
     if summary.running == 0 and summary.waiting == 0:
         tracker.end_run(spec.parent_run_id, "FINISHED")
-    print(f"MLflow: sweep parent run {spec.parent_run_id} in experiment '{base.experiment}' at {tracker.uri}")
+    print(f"MLflow: sweep parent run {spec.parent_run_id} in experiment '{tracker.experiment_name}' at {tracker.uri}")
 
 
 # --- re-running the best configurations over seeds ------------------------------------------------
@@ -738,7 +731,7 @@ def rerun_best(spec: SweepSpec, k: int, seeds: tuple[int, ...], say: Callable[[s
     frames = []
     for trial in best:
         cfg = dataclasses.replace(configmod.from_dict(trial.user_attrs["bench.config"]), seeds=seeds)
-        say(f"re-running trial {trial.number} ({_params_of(trial)}) over seeds {','.join(map(str, seeds))}")
+        say(f"re-running trial {trial.number} ({_params_text(trial)}) over seeds {','.join(map(str, seeds))}")
         rows = runner.run(cfg, progress=False, say=lambda _line: None)
         label = f"{cfg.methods[0]} (trial {trial.number})"
         rows["method"] = rows["method"].where(rows["method"] == "dense", label)
