@@ -23,6 +23,15 @@ from matplotlib.figure import Figure
 DPI = 150
 
 
+def _finish(fig: Figure, ax, title: str) -> Figure:
+    """The title, grid, legend and layout every figure shares."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_vs_flops(runs: pd.DataFrame, title: str = "") -> Figure | None:
     ours = runs[runs["method"] != "dense"].dropna(subset=["flops_reduction", "test_acc"])
     if ours.empty:
@@ -47,11 +56,7 @@ def accuracy_vs_flops(runs: pd.DataFrame, title: str = "") -> Figure | None:
         ax.axhline(dense.mean() * 100, color="grey", ls="--", lw=1, label=f"dense ({dense.mean() * 100:.2f}%)")
     ax.set_xlabel("FLOPs reduction (%, conv+linear MACs)")
     ax.set_ylabel("test accuracy (%)" if trials.empty else "accuracy (%): test for runs, val for trials")
-    ax.set_title(title or "accuracy against FLOPs reduction")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title or "accuracy against FLOPs reduction")
 
 
 def pareto_front(x: pd.Series, y: pd.Series):
@@ -86,11 +91,7 @@ def accuracy_vs_latency(runs: pd.DataFrame, title: str = "") -> Figure | None:
     device = _first(timed, "latency_device")
     ax.set_xlabel(f"latency (ms per batch of {batch or '?'}, median, {device or 'device ?'})")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or "accuracy against measured latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title or "accuracy against measured latency")
 
 
 def _first(frame: pd.DataFrame, column: str) -> Any:
@@ -103,30 +104,32 @@ def _first(frame: pd.DataFrame, column: str) -> Any:
 def channels_per_layer(plans: dict[str, list[dict[str, Any]]], title: str = "") -> Figure | None:
     """``plans``: method label -> its stored plans (rounds, in order). Dense widths come from the
     first round's channel counts."""
-    plans = {label: rounds for label, rounds in plans.items() if rounds}
-    if not plans:
+    widths = {label: remaining_channels(rounds) for label, rounds in plans.items() if rounds}
+    if not widths:
         return None
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * _units(plans)), 4.4))
-    first = next(iter(plans.values()))[0]
-    units = list(first["channels"])
-    ax.plot(range(len(units)), [first["channels"][u] for u in units], "k--", lw=1, label="dense")
-    for label, rounds in plans.items():
-        kept = {u: len(k) for u, k in rounds[-1]["keep"].items()}
-        widths = [kept.get(u, rounds[0]["channels"].get(u, 0)) for u in units]
-        ax.plot(range(len(units)), widths, marker=".", label=label)
+    dense = {u: w for before, _ in widths.values() for u, w in before.items()}
+    units = list(dense)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * len(units)), 4.4))
+    ax.plot(range(len(units)), [dense[u] for u in units], "k--", lw=1, label="dense")
+    for label, (_, after) in widths.items():
+        ax.plot(range(len(units)), [after.get(u, dense[u]) for u in units], marker=".", label=label)
     ax.set_xticks(range(len(units)), [u.replace(".conv1", "").replace("layer", "L") for u in units], rotation=90)
     ax.tick_params(axis="x", labelsize=6)
     ax.set_xlabel("prunable layer (unit), forward order")
     ax.set_ylabel("channels remaining")
-    ax.set_title(title or "remaining channels per layer")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title or "remaining channels per layer")
 
 
-def _units(plans: dict[str, list[dict[str, Any]]]) -> int:
-    return len(next(iter(plans.values()))[0]["channels"])
+def remaining_channels(rounds: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(widths before the first plan, widths after the last) of every unit any round pruned. Each
+    round's kept indices are relative to that round's widths, so the rounds compose in order."""
+    before: dict[str, int] = {}
+    after: dict[str, int] = {}
+    for plan in rounds:
+        for unit, kept in plan["keep"].items():
+            before.setdefault(unit, plan["channels"][unit])
+            after[unit] = len(kept)
+    return before, after
 
 
 def sparsity_curves(curves: dict[str, dict[str, Any]], title: str = "") -> Figure | None:

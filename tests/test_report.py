@@ -156,3 +156,16 @@ def test_the_cli_exits_2_on_a_missing_store(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "bench", "report", "--results-dir", str(tmp_path / "none")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no MLflow store" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_remaining_channels_compose_over_rounds() -> None:
+    """OICSR-style rounds: each plan's kept indices refer to the widths after the previous round."""
+    from reports.figures import remaining_channels
+
+    rounds = [
+        {"channels": {"a": 16, "b": 32}, "keep": {"a": list(range(12)), "b": list(range(20))}},
+        {"channels": {"a": 12, "c": 64}, "keep": {"a": list(range(9)), "c": list(range(40))}},
+    ]
+    before, after = remaining_channels(rounds)
+    assert before == {"a": 16, "b": 32, "c": 64}
+    assert after == {"a": 9, "b": 20, "c": 40}  # b stays as round 0 left it
