@@ -345,8 +345,9 @@ def render(tables: list[Table], fmt: str) -> str:
     return "\n\n".join(renderer(t) for t in tables) + "\n"
 
 
-def _cell(table: Table, i: int, column: str, bold: Any) -> str:
-    text = table.rows[i][column]
+def _cell(table: Table, i: int, column: str, bold: Any, escape: Any = str) -> str:
+    """Cell text escaped for the format, wrapped by ``bold`` where it is the best of its column."""
+    text = escape(table.rows[i][column])
     return bold(text) if (i, column) in table.bold else text
 
 
@@ -390,10 +391,7 @@ def _latex(table: Table) -> str:
     for i in range(len(table.rows)):
         if i > 0 and table.kinds[i] != table.kinds[i - 1] and "dense" in (table.kinds[i - 1], table.kinds[i]):
             body.append(r"\midrule")
-        cells = [
-            rf"\textbf{{{latex_escape(table.rows[i][c])}}}" if (i, c) in table.bold else latex_escape(table.rows[i][c])
-            for c in table.columns
-        ]
+        cells = [_cell(table, i, c, lambda t: rf"\textbf{{{t}}}", latex_escape) for c in table.columns]
         body.append(" & ".join(cells) + r" \\")
     notes = [latex_escape(n) for n in table.footnotes + table.comparisons]
     lines = [
@@ -419,12 +417,7 @@ def _html(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     rows = []
     for i in range(len(table.rows)):
-        cells = "".join(
-            f"<td><b>{html.escape(table.rows[i][c])}</b></td>"
-            if (i, c) in table.bold
-            else f"<td>{html.escape(table.rows[i][c])}</td>"
-            for c in table.columns
-        )
+        cells = "".join(f"<td>{_cell(table, i, c, lambda t: f'<b>{t}</b>', html.escape)}</td>" for c in table.columns)
         rows.append(f'<tr class="{table.kinds[i]}">{cells}</tr>')
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes + table.comparisons)
     return (
