@@ -18,7 +18,9 @@
 (d) FFR overhead: our training step with the ``ffr`` method (default config: feature hooks and the
     flow regularizer's forward and backward) against the same step without a method, from
     identical model copies over the same images, batch size and memory format. Ratio = FFR time /
-    plain time (target <= 1.15, on resnet56 by default).
+    plain time (target <= 1.15, on resnet56 by default). FFR runs with its compiled kernel, which
+    ``kernel="auto"`` (the default) switches to after ``COMPILE_AFTER_STEPS`` steps, and with the
+    eager one it starts on (and stays on where compiling fails), side by side.
 Loops alternate over ``repeats`` and the median is reported, so drift hits both sides alike.
 """
 
@@ -308,11 +310,10 @@ def ffr_overhead_comparison(
     subset = DatasetSplits(**{**data.__dict__, "train": Split(data.train.images[:count], data.train.labels[:count])})
     base = models.create(model_name, data.num_classes, data.input_size)
     schedule = Schedule(epochs=1, batch_size=batch_size, lr=0.01, schedule="constant")
-    method = registry.create_method("ffr")
-    trainers = {
-        "ffr": _trainer(base, model_name, subset, schedule, runtime, method),
-        "plain": _trainer(base, model_name, subset, schedule, runtime, None),
-    }
+    methods = {"ffr": registry.create_method("ffr", {"kernel": "compiled"}),
+               "ffr_eager": registry.create_method("ffr", {"kernel": "eager"})}  # fmt: skip
+    trainers = {name: _trainer(base, model_name, subset, schedule, runtime, m) for name, m in methods.items()}
+    trainers["plain"] = _trainer(base, model_name, subset, schedule, runtime, None)
     loops = {name: _timed_epochs(trainer, runtime) for name, trainer in trainers.items()}
     try:
         for loop in loops.values():
@@ -331,10 +332,14 @@ def ffr_overhead_comparison(
         "steps": len(trainers["plain"].loader),
         "repeats": repeats,
         "memory_format": "channels_last" if runtime.channels_last else "contiguous",
-        "ffr_params": method.config_dict(),
+        "ffr_params": {**methods["ffr"].config_dict(), "kernel": "auto"},
+        "ffr_kernel": methods["ffr"].engine.status,
+        "ffr_compile_after_steps": methods["ffr"].engine.compile_after,
         "ffr_ms_per_step": ms["ffr"],
+        "ffr_eager_ms_per_step": ms["ffr_eager"],
         "plain_ms_per_step": ms["plain"],
         "ratio_ffr_over_plain": ms["ffr"] / ms["plain"],
+        "ratio_ffr_eager_over_plain": ms["ffr_eager"] / ms["plain"],
         "target_max_ratio": 1.15,
     }
 
@@ -379,7 +384,10 @@ def format_speed(report: dict[str, Any]) -> str:
             format_latency(report["latency"]),
             f"(d) FFR overhead, {f['model']}, batch {f['batch_size']}, median of {f['repeats']} alternating passes of "
             f"{f['steps']} steps, {f['memory_format']}, ffr defaults ({params}):",
-            f"    with FFR {f['ffr_ms_per_step']:.1f} ms/step   plain {f['plain_ms_per_step']:.1f} ms/step   "
-            f"ratio ffr/plain {f['ratio_ffr_over_plain']:.3f} (target <= {f['target_max_ratio']})",
+            f"    with FFR ({f['ffr_kernel']} kernel) {f['ffr_ms_per_step']:.1f} ms/step   plain "
+            f"{f['plain_ms_per_step']:.1f} ms/step   ratio ffr/plain {f['ratio_ffr_over_plain']:.3f} "
+            f"(target <= {f['target_max_ratio']})",
+            f"    with FFR (eager kernel, its first {f['ffr_compile_after_steps']} steps) "
+            f"{f['ffr_eager_ms_per_step']:.1f} ms/step   ratio {f['ratio_ffr_eager_over_plain']:.3f}",
         ]
     )

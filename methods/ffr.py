@@ -25,10 +25,13 @@ formulation below is our reconstruction (METHODS.md, "ffr"), and every choice is
   by ``importance``: the filter L1 norm divided by its layer's mean (l1's ``layer_mean``), or |gamma|
   of the unit's BN. Then fine-tuning, without FFR.
 
-Cost: G and the second-difference C run as one autograd Function with a hand-written backward
-that works in place on its own buffers. On resnet56, batch 128, channels_last, 1 CPU thread, the
-term's forward + backward take 0.14 s per step instead of 0.55 s through plain autograd; the
-training step grows by 15-18% with 2 threads (``python -m bench speed``, section d; it was 64%).
+Cost: G and the second-difference C run as one autograd Function with a hand-written gradient,
+computed by one of two engines (``kernel``). Eager: in-place passes over buffers reused between
+steps; on resnet56, batch 128, channels_last, 2 CPU threads, a training step grows by 16%
+(plain autograd through the formulas: 64%). Compiled: torch.compile (inductor) kernels of the same
+formulas, one fused pass per norm and per feature gradient, nothing stored but the features; the
+step grows by about 7%. ``kernel="auto"`` switches from eager to compiled after
+``COMPILE_AFTER_STEPS`` steps (``python -m bench speed``, section d, measures both).
 
 Units of G and C: with ``norm="l2"`` one layer pair adds the RMS per-element distance between
 consecutive (aligned) features, in activation units; pairs are summed, not averaged, so G grows
@@ -37,6 +40,7 @@ with depth (resnet56 has 27 pairs, resnet20 9). The angle curvature is in radian
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import weakref
@@ -57,6 +61,8 @@ ALIGNS = ("shortcut", "stage")
 CURVATURES = ("second_difference", "angle")
 NORMS = ("l2", "l2sq", "l1")
 IMPORTANCES = ("l1", "bn")
+KERNELS = ("auto", "compiled", "eager")
+COMPILE_AFTER_STEPS = 200  # "auto": a compile (10-30 s once per process and shapes) pays back in a few hundred steps
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,11 @@ class FFRConfig:
     the sweep that produced them.
 
     ``align``, ``curvature``, ``norm``: see the module docs. ``importance``: ``"l1"`` = filter L1
-    norm / its layer's mean (l1's ``layer_mean``), ``"bn"`` = |gamma| of the unit's BN."""
+    norm / its layer's mean (l1's ``layer_mean``), ``"bn"`` = |gamma| of the unit's BN.
+
+    ``kernel``: how G and C are computed, not what: ``"eager"``, ``"compiled"`` (torch.compile), or
+    ``"auto"`` (eager for the first ``COMPILE_AFTER_STEPS`` training steps, then compiled); see
+    :class:`FlowEngine`. The engines agree to float rounding."""
 
     lambda_grad: float = 1e-2
     lambda_curv: float = 5e-3
@@ -80,6 +90,7 @@ class FFRConfig:
     curvature: str = "second_difference"
     norm: str = "l2"
     importance: str = "l1"
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("lambda_grad", "lambda_curv"):
@@ -91,6 +102,7 @@ class FFRConfig:
             ("curvature", CURVATURES),
             ("norm", NORMS),
             ("importance", IMPORTANCES),
+            ("kernel", KERNELS),
         ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
@@ -105,7 +117,7 @@ class FeatureFlow(Method):
 
     def __init__(self, config: FFRConfig | None = None) -> None:
         super().__init__(config)
-        self._workspace = Workspace()
+        self.engine = FlowEngine(self.config.kernel)
 
     def feature_modules(self, model: nn.Module) -> list[str]:
         return flow_modules(model)
@@ -118,11 +130,11 @@ class FeatureFlow(Method):
         with torch.autocast(device.type, enabled=False):
             feats = [f.float() for f in features]
             with_curv = cfg.lambda_curv > 0  # lambda_curv = 0: the curvature is not even computed
-            length, curv = flow_terms(feats, cfg.align, cfg.curvature, cfg.norm, with_curv, self._workspace)
+            length, curv = flow_terms(feats, cfg.align, cfg.curvature, cfg.norm, with_curv, self.engine)
             return cfg.lambda_grad * length + cfg.lambda_curv * curv
 
     def on_epoch_end(self, model: nn.Module, ctx: Context) -> None:
-        self._workspace.clear()  # evaluation, pruning and fine-tuning do not need the buffers
+        self.engine.workspace.clear()  # evaluation, pruning and fine-tuning do not need the buffers
 
     def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
         if self.config.importance == "bn":
@@ -165,11 +177,7 @@ def flow_modules(model: nn.Module) -> list[str]:
 def align_to(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """P: map a batch ``x`` (N, C, H, W) into per-sample ``shape`` (C', H', W') like an option-A
     shortcut: subsample by the integer spatial ratio, zero-pad channels equally on both sides."""
-    geometry = _Geometry.between(x.shape[1:], shape)
-    x = geometry.source(x)
-    if geometry.channels != shape[0]:
-        x = F.pad(x, (0, 0, 0, 0, geometry.low, shape[0] - geometry.channels - geometry.low))
-    return x
+    return _aligned(x, _Geometry.between(x.shape[1:], shape), shape[0])
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,7 @@ class _FusedFlow(torch.autograd.Function):
         numel = torch.tensor([[math.prod(v.shape[1:])] for v in rows], dtype=raw.dtype).to(raw.device)
         values, slopes = _values_and_slopes(raw, numel, norm)
         ctx.state = (norm, geometries, ds, es, slopes, n_d, [f.shape for f in features], claim)
-        return values[:n_d].mean(1).sum(), values[n_d:].mean(1).sum()
+        return _length_and_curvature(values, n_d)
 
     @staticmethod
     @once_differentiable
@@ -288,8 +296,7 @@ class _FusedFlow(torch.autograd.Function):
             raise RuntimeError("ffr's fused backward runs once per forward; retain_graph is not supported")
         norm, geometries, ds, es, slopes, n_d, shapes, _claim = ctx.state
         ctx.state = None  # the buffers below are overwritten in place; the workspace is free again
-        scale = torch.cat([grad_length.expand(n_d), grad_curvature.expand(len(slopes) - n_d)]) / slopes.shape[1]
-        coefficients = iter(slopes * scale[:, None])  # per difference and sample: d (grad * term) / d v = c * v
+        coefficients = iter(_coefficients(slopes, n_d, grad_length, grad_curvature))
         grads_d = [None if d is None else _base(d, norm).mul_(_per_sample_view(next(coefficients), d)) for d in ds]
         for i, e in enumerate(es):  # e_i = d_i - P(d_{i-1})
             if e is not None:
@@ -297,6 +304,17 @@ class _FusedFlow(torch.autograd.Function):
                 grads_d[i].addcmul_(base, coefficient)
                 geometries[i].source(grads_d[i - 1]).addcmul_(geometries[i].target(base), coefficient, value=-1)
         return (None, None, None, None, *_feature_grads(grads_d, geometries, shapes))
+
+
+def _length_and_curvature(values: torch.Tensor, n_d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, C) from the per-sample values, rows d_0.. then e_..: batch means, summed over pairs."""
+    return values[:n_d].mean(1).sum(), values[n_d:].mean(1).sum()
+
+
+def _coefficients(slopes: torch.Tensor, n_d: int, grad_length: torch.Tensor, grad_curvature: torch.Tensor):
+    """Per difference (row) and sample: c such that d(grad_G * G + grad_C * C) / dv = c * v (or c * sign v)."""
+    scale = torch.cat([grad_length.expand(n_d), grad_curvature.expand(len(slopes) - n_d)]) / slopes.shape[1]
+    return slopes * scale[:, None]
 
 
 class Workspace:
@@ -372,12 +390,176 @@ def _format_of(t: torch.Tensor) -> torch.memory_format:
     )
 
 
+# --- the engines: eager or compiled, chosen per step ------------------------------------------------
+
+
+class FlowEngine:
+    """Computes G and the second-difference C step after step, with one of two kernels.
+
+    ``eager``: :class:`_FusedFlow`, whose buffers live in ``workspace``. ``compiled``: the pure
+    formulas below through torch.compile (inductor), specialised to the shapes of the first batch
+    they see; a batch of other shapes (an epoch's short last batch) runs eagerly rather than
+    recompiling. ``auto``: eager for the first ``COMPILE_AFTER_STEPS`` steps, then compiled. A
+    compile that fails (no C++ compiler, no triton) leaves the engine eager for good, with the
+    reason in ``status`` and on stderr."""
+
+    def __init__(self, mode: str = "eager") -> None:
+        if mode not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {mode!r}")
+        self.mode = mode
+        self.compile_after = COMPILE_AFTER_STEPS
+        self.workspace = Workspace()
+        self.steps = 0
+        self.status = "eager"
+        self._compiled: _CompiledKernels | None = None
+
+    def terms(self, features: list[torch.Tensor], align: str, norm: str, curv: bool):
+        """(G, C) of ``features``; C is 0 when ``curv`` is False."""
+        self.steps += 1
+        kernels = self._kernels_for(features, align, norm, curv)
+        if kernels is not None:
+            return _CompiledFlow.apply(kernels, *features)
+        return _FusedFlow.apply(align, norm, curv, self.workspace, *features)
+
+    def _kernels_for(self, features: list[torch.Tensor], align: str, norm: str, curv: bool):
+        wanted = self.mode == "compiled" or (self.mode == "auto" and self.steps > self.compile_after)
+        if not wanted or self.status.startswith("eager ("):
+            return None
+        signature = _signature(features, align, norm, curv)
+        if self._compiled is None:
+            try:
+                self._compiled = _CompiledKernels(features, signature, align, norm, curv)
+            except Exception as exc:  # inductor needs a C++ compiler on CPU and triton on CUDA
+                lines = str(exc).strip().splitlines()
+                self.status = f"eager (compile failed: {type(exc).__name__}: {lines[0] if lines else ''})"
+                print(f"warning: ffr kernel {self.status}", file=sys.stderr)
+                return None
+            self.status = "compiled"
+            self.workspace.clear()
+        return self._compiled if self._compiled.signature == signature else None
+
+
+def _signature(features: list[torch.Tensor], align: str, norm: str, curv: bool) -> tuple:
+    layout = tuple((f.shape, f.stride(), f.dtype, f.device) for f in features)
+    return layout, align, norm, curv
+
+
+class _CompiledKernels:
+    """The norm and gradient functions for one signature, traced (make_fx) and compiled by inductor
+    on construction, so that a failing compile surfaces here and not inside a backward pass. Not
+    through torch.compile: dynamo keeps one cache per function, and past its recompile limit (8
+    signatures in a process, e.g. a sweep worker's models) it would silently run them eagerly."""
+
+    def __init__(self, features: list[torch.Tensor], signature: tuple, align: str, norm: str, curv: bool) -> None:
+        from torch._inductor import compile as inductor_compile
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        self.signature, self.norm = signature, norm
+        geometries = tuple(_geometries(features, align))
+        with torch.no_grad():
+            examples = [f.detach() for f in features]
+            raw = _pure_norms(geometries, norm, curv, *examples)
+            self.n_d = sum(g is not None for g in geometries)
+            self.numel = torch.tensor(_row_numels(examples, geometries, curv), dtype=raw.dtype, device=raw.device)
+            norms = functools.partial(_pure_norms, geometries, norm, curv)
+            self.norms = inductor_compile(make_fx(norms)(*examples), examples)
+            gradients = functools.partial(_pure_gradients, geometries, norm, curv)
+            inputs = [torch.zeros_like(raw), *examples]
+            self.gradients = inductor_compile(make_fx(gradients)(*inputs), inputs)
+
+
+def _row_numels(features: list[torch.Tensor], geometries, curv: bool) -> list[list[int]]:
+    """Elements per sample of each row's difference: d_l and e_l have x_{l+1}'s shape."""
+    ds, es = _differences(features, geometries, curv)
+    return [[math.prod(v.shape[1:])] for v in ds + es if v is not None]
+
+
+class _CompiledFlow(torch.autograd.Function):
+    """G and C through :class:`_CompiledKernels`: the forward keeps only the features (which the
+    network keeps anyway); the backward recomputes the differences inside its fused kernels."""
+
+    @staticmethod
+    def forward(ctx, kernels: _CompiledKernels, *features: torch.Tensor):
+        values, slopes = _values_and_slopes(kernels.norms(*features), kernels.numel, kernels.norm)
+        ctx.kernels = kernels
+        ctx.save_for_backward(slopes, *features)
+        return _length_and_curvature(values, kernels.n_d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_length: torch.Tensor, grad_curvature: torch.Tensor):
+        slopes, *features = ctx.saved_tensors
+        coefficients = _coefficients(slopes, ctx.kernels.n_d, grad_length, grad_curvature)
+        return (None, *ctx.kernels.gradients(coefficients, *features))
+
+
+def _differences(features, geometries, curv: bool) -> tuple[list, list]:
+    """d_l = x_{l+1} - P(x_l) and e_l = d_l - P(d_{l-1}) as pure expressions (None where skipped)."""
+    pairs = zip(features, features[1:], geometries, strict=False)
+    ds = [None if g is None else n - _aligned(x, g, n.shape[1]) for x, n, g in pairs]
+    es: list[torch.Tensor | None] = [None] * len(ds)
+    for i in range(1, len(ds) if curv else 0):
+        if ds[i] is not None and ds[i - 1] is not None:
+            es[i] = ds[i] - _aligned(ds[i - 1], geometries[i], ds[i].shape[1])
+    return ds, es
+
+
+def _aligned(x: torch.Tensor, geometry: _Geometry, channels: int) -> torch.Tensor:
+    """P(x) into ``channels`` channels (pure)."""
+    x = geometry.source(x)
+    if geometry.channels != channels:
+        x = F.pad(x, (0, 0, 0, 0, geometry.low, channels - geometry.channels - geometry.low))
+    return x
+
+
+def _adjoint(y: torch.Tensor, geometry: _Geometry, shape: torch.Size) -> torch.Tensor:
+    """P^T(y): the entries P filled, put back where they came from in a ``shape``-shaped sample; zeros elsewhere."""
+    part = geometry.target(y)
+    if geometry.sh == geometry.sw == 1:
+        return part
+    out = part.new_zeros((len(part), *shape))
+    geometry.source(out).copy_(part)
+    return out
+
+
+def _pure_norms(geometries, norm: str, curv: bool, *features: torch.Tensor) -> torch.Tensor:
+    """Raw per-sample norms, one row per d_l, then per e_l (what :class:`_FusedFlow` stacks)."""
+    ds, es = _differences(features, geometries, curv)
+    return torch.stack([_raw_norm(v, norm) for v in ds + es if v is not None])
+
+
+def _pure_gradients(geometries, norm: str, curv: bool, coefficients: torch.Tensor, *features: torch.Tensor):
+    """dL/dx_i = g_{i-1} - P^T g_i with g_i = a_i v(d_i) + c_i v(e_i) - P^T(c_{i+1} v(e_{i+1})), where
+    a, c are the rows of ``coefficients`` and v is the identity or sign (``l1``); None for a
+    feature that no difference touches."""
+    ds, es = _differences(features, geometries, curv)
+    rows = iter(coefficients)
+    a = [None if d is None else _per_sample_view(next(rows), d) for d in ds]
+    c = [None if e is None else _per_sample_view(next(rows), e) for e in es]
+    base = torch.sign if norm == "l1" else (lambda v: v)
+    terms_e = [None if e is None else c[i] * base(e) for i, e in enumerate(es)]
+    g: list[torch.Tensor | None] = []
+    for i, d in enumerate(ds):
+        if d is None:
+            g.append(None)
+            continue
+        v = a[i] * base(d)
+        if terms_e[i] is not None:
+            v = v + terms_e[i]
+        if i + 1 < len(ds) and terms_e[i + 1] is not None:
+            v = v - _adjoint(terms_e[i + 1], geometries[i + 1], d.shape[1:])
+        g.append(v)
+    out = []
+    for i, x in enumerate(features):
+        before = g[i - 1] if i > 0 else None
+        after = None if i >= len(g) or g[i] is None else _adjoint(g[i], geometries[i], x.shape[1:])
+        out.append(before if after is None else (-after if before is None else before - after))
+    return tuple(out)
+
+
 def segments(features: list[torch.Tensor], align: str) -> list[torch.Tensor | None]:
     """d_l = x_{l+1} - P(x_l) for every consecutive pair (autograd); None where ``align="stage"`` skips it."""
-    return [
-        None if g is None else nxt - align_to(x, nxt.shape[1:])
-        for x, nxt, g in zip(features, features[1:], _geometries(features, align), strict=False)
-    ]
+    return _differences(features, _geometries(features, align), curv=False)[0]
 
 
 def turning_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -400,15 +582,18 @@ def flow_terms(
     curvature: str,
     norm: str,
     curv: bool = True,
-    workspace: Workspace | None = None,
+    engine: FlowEngine | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, C); C is 0 when ``curv`` is False. The second difference uses that P is linear:
-    x_{l+1} - 2 P(x_l) + P(P(x_{l-1})) = d_l - P(d_{l-1})."""
+    x_{l+1} - 2 P(x_l) + P(P(x_{l-1})) = d_l - P(d_{l-1}). ``engine``: eager without buffer reuse if None."""
     if not any(g is not None for g in _geometries(features, align)):  # < 2 features, or no equal shapes ("stage")
         zero = features[0].new_zeros(()) if features else torch.zeros(())
         return zero, zero
     fused_curv = curv and curvature == "second_difference"
-    length, curv_value = _FusedFlow.apply(align, norm, fused_curv, workspace, *features)
+    if engine is None:
+        length, curv_value = _FusedFlow.apply(align, norm, fused_curv, None, *features)
+    else:
+        length, curv_value = engine.terms(features, align, norm, fused_curv)
     if not curv or fused_curv:
         return length, curv_value
     ds = segments(features, align)

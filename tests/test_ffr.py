@@ -22,7 +22,7 @@ from bench.training import EpochTrainer, FeatureCapture, Runtime, evaluate, make
 from methods.ffr import (
     FeatureFlow,
     FFRConfig,
-    Workspace,
+    FlowEngine,
     align_to,
     flow_curvature,
     flow_length,
@@ -230,26 +230,27 @@ def test_the_backward_keeps_channels_last_features_right() -> None:
 
 
 def test_the_workspace_reuses_buffers_and_never_mixes_two_pending_graphs() -> None:
-    workspace = Workspace()
+    engine = FlowEngine("eager")
+    workspace = engine.workspace
     first, second = shape_changing_features(9), shape_changing_features(10)
     expected = []
     for xs in (first, second):
         copies = [x.detach().clone().requires_grad_() for x in xs]
         sum(reference_terms(copies, "shortcut", "l2")).backward()
         expected.append([c.grad for c in copies])
-    a = sum(flow_terms(first, "shortcut", "second_difference", "l2", workspace=workspace))
+    a = sum(flow_terms(first, "shortcut", "second_difference", "l2", engine=engine))
     buffers = {key: b.data_ptr() for key, b in workspace.buffers.items()}
     assert buffers
-    b = sum(flow_terms(second, "shortcut", "second_difference", "l2", workspace=workspace))  # first still pending
+    b = sum(flow_terms(second, "shortcut", "second_difference", "l2", engine=engine))  # first still pending
     b.backward()
     a.backward()
     for xs, grads in zip((first, second), expected, strict=True):
         for x, grad in zip(xs, grads, strict=True):
             torch.testing.assert_close(x.grad, grad)
-    again = sum(flow_terms(second, "shortcut", "second_difference", "l2", workspace=workspace))
+    again = sum(flow_terms(second, "shortcut", "second_difference", "l2", engine=engine))
     assert {key: b.data_ptr() for key, b in workspace.buffers.items()} == buffers  # reused after backward
     del again  # a graph dropped without backward frees the claim too
-    sum(flow_terms(second, "shortcut", "second_difference", "l2", workspace=workspace)).backward()
+    sum(flow_terms(second, "shortcut", "second_difference", "l2", engine=engine)).backward()
     assert {key: b.data_ptr() for key, b in workspace.buffers.items()} == buffers
     for x, grad in zip(first, expected[0], strict=True):  # gradients handed out never alias reused buffers
         torch.testing.assert_close(x.grad, grad)
@@ -260,6 +261,65 @@ def test_a_second_backward_through_the_same_graph_is_refused() -> None:
     term.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once per forward"):
         term.backward()
+
+
+@pytest.mark.parametrize(
+    ("align", "norm", "channels_last"), [("shortcut", "l2", True), ("stage", "l1", False), ("shortcut", "l2sq", False)]
+)
+def test_the_compiled_kernels_match_autograd_through_the_formulas(align: str, norm: str, channels_last: bool) -> None:
+    xs = shape_changing_features(12, torch.float32, channels_last)
+    copies = [x.detach().clone().requires_grad_() for x in xs]
+    engine = FlowEngine("compiled")
+    length, curv = flow_terms(xs, align, "second_difference", norm, engine=engine)
+    assert engine.status == "compiled"
+    (0.7 * length + 0.3 * curv).backward()
+    ref_length, ref_curv = reference_terms(copies, align, norm)
+    (0.7 * ref_length + 0.3 * ref_curv).backward()
+    torch.testing.assert_close(length, ref_length)
+    torch.testing.assert_close(curv, ref_curv)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for x, ref in zip(xs, copies, strict=True):
+        torch.testing.assert_close(x.grad, ref.grad)
+        assert x.grad is None or x.grad.is_contiguous(memory_format=fmt)  # no layout change for autograd to pay
+
+
+def test_auto_runs_eager_then_compiled_and_other_shapes_stay_eager() -> None:
+    method = FeatureFlow(FFRConfig(lambda_grad=0.5, lambda_curv=0.5))
+    engine = method.engine
+    engine.compile_after = 2
+    kinds = []
+    for step in range(4):
+        xs = shape_changing_features(20 + step, torch.float32)
+        if step == 3:  # a short last batch: other shapes than the compiled ones
+            xs = [x.detach()[:2].requires_grad_() for x in xs]
+        copies = [x.detach().clone().requires_grad_() for x in xs]
+        method.regularization(nn.Identity(), xs, None).backward()
+        kinds.append(engine.status if engine._compiled is None or engine._compiled.signature[0][0][0] == xs[0].shape
+                     else "eager")  # fmt: skip
+        sum(0.5 * t for t in reference_terms(copies, "shortcut", "l2")).backward()
+        for x, ref in zip(xs, copies, strict=True):
+            torch.testing.assert_close(x.grad, ref.grad)
+    assert kinds == ["eager", "eager", "compiled", "eager"]
+
+
+def test_a_failing_compile_leaves_the_engine_eager_with_the_reason(monkeypatch, capsys) -> None:
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached kernel would not need the compiler
+    g = torch.Generator().manual_seed(13)
+    xs = [torch.randn(3, 5, 3, 3, generator=g).requires_grad_() for _ in range(4)]
+    copies = [x.detach().clone().requires_grad_() for x in xs]
+    engine = FlowEngine("compiled")
+    length, curv = flow_terms(xs, "shortcut", "second_difference", "l2", engine=engine)
+    assert engine.status.startswith("eager (compile failed: ") and "C++ compiler" in engine.status
+    assert "ffr kernel eager (compile failed" in capsys.readouterr().err
+    (length + curv).backward()
+    sum(reference_terms(copies, "shortcut", "l2")).backward()
+    for x, ref in zip(xs, copies, strict=True):
+        torch.testing.assert_close(x.grad, ref.grad)
+    flow_terms(xs, "shortcut", "second_difference", "l2", engine=engine)
+    assert engine._compiled is None  # no second attempt
 
 
 # --- on real models ----------------------------------------------------------------------------

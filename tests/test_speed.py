@@ -44,6 +44,10 @@ FFR_FIELDS = {
     "repeats",
     "memory_format",
     "ffr_params",
+    "ffr_kernel",
+    "ffr_compile_after_steps",
+    "ffr_eager_ms_per_step",
+    "ratio_ffr_eager_over_plain",
 }
 
 
