@@ -6,6 +6,7 @@ Errors a user can cause print one line, ``error: ...``, and exit with code 2, no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -472,7 +473,8 @@ def cmd_sweep_bench(args: argparse.Namespace) -> int:
     counts = tuple(_int(c, "--workers") for c in _split(args.workers))
     if not counts or min(counts) < 1:
         raise BenchError(f"--workers takes positive worker counts, got '{args.workers}'")
-    report = worker_scaling(args.data_dir or os.environ.get(DATA_ENV), args.trials, counts, args.threads)
+    with contextlib.redirect_stdout(sys.stderr):  # the baseline's epoch lines; stdout is the report (--json)
+        report = worker_scaling(args.data_dir or os.environ.get(DATA_ENV), args.trials, counts, args.threads)
     print(json.dumps(report, indent=1) if args.json else format_scaling(report))
     return 0
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,3 +44,16 @@ def prepare_results_dir(path: str) -> Paths:
     except OSError as exc:
         raise BenchError(f"results dir '{root}' is not writable ({exc.strerror}); pass --results-dir DIR") from exc
     return Paths(root)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created, with its folder, if missing); other
+    processes on this machine wait for it. The kernel drops the lock if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

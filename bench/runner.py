@@ -13,11 +13,9 @@ from its last epoch checkpoint, and finished (method, seed) pairs are not run ag
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from bench.api import Context, Inherited, Method
 from bench.checkpoint import atomic_save, atomic_write_text, load
 from bench.config import RunConfig, Schedule, stable_hash
 from bench.errors import BenchError
-from bench.paths import Paths, prepare_results_dir
+from bench.paths import Paths, exclusive_lock, prepare_results_dir
 from bench.plan import PruningPlan, load_plans, save_plans
 from bench.pruning import default_plan, inherited_model
 from bench.tracking import Tracker, resolve_tracking_uri
@@ -391,7 +389,7 @@ def dense_baseline(
     if log_run and session.tracker.find_finished(run_key, parent_id=session.parent_id) is None:
         tags = {"bench.method": "dense", "bench.seed": str(seed), "bench.baseline_key": key}
         run_id = session.tracker.start_run(f"dense seed {seed}", parent_id=session.parent_id, key=run_key, tags=tags)
-    with _exclusive(folder):
+    with exclusive_lock(folder / ".lock"):
         reused = (folder / "meta.json").exists()
         if reused:
             session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
@@ -409,18 +407,6 @@ def dense_baseline(
         reused_tag = {"bench.baseline_reused": str(reused).lower()}
         _log_finished(session, run_id, row, meta["history"], reused_tag, artifacts=[folder / "model.pt"])
     return state, row
-
-
-@contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (created if missing); other processes wait for it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_baseline(session: Session, seed: int, folder: Path) -> None:

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bench import config as configmod
 from bench.config import MethodOverrides, PruneConfig, RunConfig
 from bench.errors import BenchError
+from bench.paths import exclusive_lock
 
 STORAGE_FILE = "optuna.db"
 OBJECTIVES = {"acc": "maximize", "flops": "maximize"}  # val accuracy; achieved FLOPs reduction
@@ -143,22 +144,45 @@ def open_storage(spec: SweepSpec) -> optuna.storages.RDBStorage:
     """The RDB storage with heartbeats and retries. sqlite waits up to 5 min for a lock instead of
     failing with "database is locked" when workers write at once."""
     url = normalize_storage_url(spec.storage)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    db_file = Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
     engine: dict[str, Any] = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        options = {
+            "engine_kwargs": engine,
+            "heartbeat_interval": spec.heartbeat_s,
+            "grace_period": spec.grace_s,
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(spec.max_retry),
+        }
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=spec.heartbeat_s,
-                grace_period=spec.grace_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(spec.max_retry),
-            )
+            if db_file is not None:
+                return SqliteStorage(url, db_file.with_name(db_file.name + ".lock"), **options)
+            return optuna.storages.RDBStorage(url, **options)
         except Exception as exc:  # SQLAlchemy / driver errors: a bad URL, server down, no access
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BenchError(f"cannot open the Optuna storage {spec.storage!r}: {first}") from exc
+
+
+class SqliteStorage(optuna.storages.RDBStorage):
+    """An sqlite RDBStorage whose trial state changes are atomic across this machine's processes.
+
+    Optuna claims a WAITING trial (an enqueued grid cell, a heartbeat retry) by reading its state
+    and writing RUNNING under ``SELECT ... FOR UPDATE``, which sqlite ignores: two workers can both
+    read WAITING and both run the trial, and the later one then dies on "Cannot tell a COMPLETE
+    trial" (optuna/optuna#4621; we lost a worker this way in 1 of 3 sweep-bench runs). Here every
+    state change holds an exclusive lock on a file beside the database, so the read-check-write is
+    one step. sqlite is local-only, so a machine-wide lock covers every worker. PostgreSQL and MySQL
+    lock the row themselves and use the plain RDBStorage."""
+
+    def __init__(self, url: str, lock_file: Path, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.lock_file = lock_file
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        with exclusive_lock(self.lock_file):
+            return super().set_trial_state_values(trial_id, state, values)
 
 
 def sampler_for(spec: SweepSpec, worker: int) -> optuna.samplers.BaseSampler:

@@ -111,6 +111,41 @@ def test_grid_cells_are_enqueued_once(tmp_path: Path) -> None:
     assert study.get_trials(deepcopy=False)[-1].user_attrs[CELL] == first.user_attrs[CELL]
 
 
+CLAIMER = """
+import json, sys
+from bench.sweep import SweepSpec, open_study
+study = open_study(SweepSpec.from_json(open(sys.argv[1]).read()), worker=int(sys.argv[2]))
+claimed = []
+while True:
+    trial = study.ask()  # what optimize() does first: pop a WAITING trial, else create one
+    if "cell" not in trial.user_attrs:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        break
+    claimed.append(trial.user_attrs["cell"])
+    study.tell(trial, 0.5)  # a second claimer of the same trial would fail here: "Cannot tell a COMPLETE trial"
+print(json.dumps(claimed))
+""".replace("import json, sys", "import json, sys\nimport optuna")
+
+
+def test_concurrent_workers_on_sqlite_never_claim_the_same_waiting_trial(tmp_path: Path) -> None:
+    """sqlite ignores SELECT FOR UPDATE; without our lock two processes both pop one enqueued trial."""
+    spec = _spec(tmp_path, "grid")
+    study = open_study(spec)
+    for cell in range(60):
+        study.enqueue_trial({}, user_attrs={"cell": cell})
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec_file), str(w)], stdout=subprocess.PIPE, text=True)
+        for w in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    claimed = [cell for out in outputs for cell in json.loads(out)]
+    assert sorted(claimed) == list(range(60))  # each exactly once
+    assert all(json.loads(out) for out in outputs)  # and both workers got some
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -310,6 +345,25 @@ def test_a_two_objective_study_gives_a_pareto_front(tmp_path, cifar_root, datase
         assert 0.2 <= t.params["target_flops_reduction"] <= 0.8
         assert t.values[1] == pytest.approx(t.params["target_flops_reduction"], abs=0.01)  # achieved, not asked
     assert study.best_trials
+
+
+SCALING_ROW_FIELDS = {"workers", "threads_per_worker", "seconds", "startup_seconds", "trial_phase_seconds",
+                      "trials_per_minute", "steady_trials_per_minute", "ratio", "steady_ratio"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sweep_bench_runs_both_worker_counts_and_its_json_has_the_fields(tmp_path, cifar_root, dataset_cache) -> None:
+    cmd = [sys.executable, "-m", "bench", "sweep-bench", "--trials", "2", "--threads", "1", "--json"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(cifar_root, dataset_cache), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["trials"] == 2 and report["target_ratio_2_over_1"] == 1.7
+    assert [row["workers"] for row in report["rows"]] == [1, 2]
+    for row in report["rows"]:
+        assert set(row) >= SCALING_ROW_FIELDS and row["threads_per_worker"] == 1
+        assert 0 < row["startup_seconds"] < row["seconds"] and 0 < row["trial_phase_seconds"] < row["seconds"]
+    assert report["rows"][0]["ratio"] == report["rows"][0]["steady_ratio"] == 1.0
 
 
 @pytest.mark.parametrize(
