@@ -1,8 +1,10 @@
 """``bench speed`` section (c): is a pruned model really faster, and by as much as its FLOPs say?
 
-The dense model and pruned variants of it, each timed with :func:`bench.measure.measure_latency`
-(the protocol ``profile --latency`` and every measured run use: eval mode, inference mode, warm-up,
-median and IQR, CUDA events on a GPU) at batch 1 and batch 64. Variants:
+The dense model and pruned variants of it, timed side by side with
+:func:`bench.measure.measure_latencies` (the protocol of ``profile --latency`` and every measured
+run: eval mode, inference mode, warm-up, median and IQR, CUDA events on a GPU; here interleaved
+over the variants in rounds, so that a slow spell of the machine does not land on one of them) at
+batch 1 and batch 64. Variants:
 
 - Li et al.'s named ``l1`` plans for the model (l1-a, l1-b where published);
 - 50% FLOPs plans of ``l1`` and ``ffr`` by the harness's allocation;
@@ -30,6 +32,7 @@ from bench.pruning import default_plan
 BATCH_SIZES = (1, 64)
 TARGET_EFFICIENCY = 0.7
 ROUND_TO = 8
+ROUNDS = 5  # interleaved rounds over the variants: drift hits every one alike
 
 
 def variants(model_name: str, num_classes: int, input_size: int) -> dict[str, nn.Module]:
@@ -74,37 +77,27 @@ def latency_comparison(
     repeats: int = 30,
 ) -> dict[str, Any]:
     """Latency (median, IQR), FLOPs ratio, speed-up and efficiency of every variant at each batch size."""
-    rows = []
     built = variants(model_name, num_classes, input_size)
     dense_macs = measure.cost(built["dense"], input_size).macs
-    dense_ms: dict[int, float] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for label, model in built.items():
         cost = measure.cost(model, input_size)
-        row: dict[str, Any] = {
-            "variant": label,
-            "macs": cost.macs,
-            "params": cost.params,
-            "flops_ratio": dense_macs / cost.macs,
-            "channels": _widths(model, input_size),
-        }
-        for batch in batch_sizes:
-            lat = measure.measure_latency(model, input_size, batch, device, repeats=repeats)
-            if label == "dense":
-                dense_ms[batch] = lat.median_ms
-            speedup = dense_ms[batch] / lat.median_ms
-            row[f"batch_{batch}"] = {
-                **lat.as_dict(),
-                "speedup": speedup,
-                "efficiency": speedup / row["flops_ratio"] if label != "dense" else 1.0,
-            }
-        rows.append(row)
+        rows[label] = {"variant": label, "macs": cost.macs, "params": cost.params,
+                       "flops_ratio": dense_macs / cost.macs, "channels": _widths(model, input_size)}  # fmt: skip
+    for batch in batch_sizes:
+        rounds = min(ROUNDS, repeats)
+        measured = measure.measure_latencies(built, input_size, batch, device, repeats=repeats, rounds=rounds)
+        for label, lat in measured.items():
+            speedup = measured["dense"].median_ms / lat.median_ms
+            rows[label][f"batch_{batch}"] = {**lat.as_dict(), "speedup": speedup,
+                                             "efficiency": speedup / rows[label]["flops_ratio"]}  # fmt: skip
     return {
         "model": model_name,
         "input_size": input_size,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "batch_sizes": list(batch_sizes),
-        "rows": rows,
+        "rows": list(rows.values()),
         "target_min_efficiency_batch_64_cpu": TARGET_EFFICIENCY,
     }
 

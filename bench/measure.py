@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -94,6 +95,7 @@ class LatencyProtocol:
     repeats: int
     timer: str  # "cuda-events" or "perf_counter"
     dtype: str = "float32"
+    rounds: int = 1  # > 1: interleaved with other models in that many rounds (measure_latencies)
 
 
 @dataclass(frozen=True)
@@ -120,24 +122,47 @@ def measure_latency(
 
     The model is moved to ``device`` and timed in eval mode; its train/eval mode is restored after.
     """
-    if repeats < 1 or warmup < 0 or batch_size < 1:
+    return measure_latencies({"model": model}, input_size, batch_size, device, warmup, repeats)["model"]
+
+
+def measure_latencies(
+    models: Mapping[str, nn.Module],
+    input_size: int = 32,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    warmup: int = 10,
+    repeats: int = 30,
+    rounds: int = 1,
+) -> dict[str, Latency]:
+    """:func:`measure_latency` for several models side by side: after each one's warm-up, ``rounds``
+    rounds each time every model (one untimed forward after the switch, then ``repeats / rounds``
+    timed ones), so that drift in the machine's speed (other tenants, clocks) hits all of them
+    alike instead of whichever was measured at a slow moment. Ratios between them are then fair."""
+    if repeats < 1 or warmup < 0 or batch_size < 1 or not 1 <= rounds <= repeats:
         raise BenchError(
-            f"latency needs repeats >= 1, warmup >= 0 and batch_size >= 1; got repeats={repeats}, "
-            f"warmup={warmup}, batch_size={batch_size}"
+            f"latency needs repeats >= 1, warmup >= 0, batch_size >= 1 and 1 <= rounds <= repeats; got "
+            f"repeats={repeats}, warmup={warmup}, batch_size={batch_size}, rounds={rounds}"
         )
     device = torch.device(device)
-    was_training = model.training
-    model = model.to(device).eval()
+    modes = {name: model.training for name, model in models.items()}
+    placed = {name: model.to(device).eval() for name, model in models.items()}
     x = example_input(input_size, batch_size, device)
     timer = _cuda_timer if device.type == "cuda" else _cpu_timer
+    times: dict[str, list[float]] = {name: [] for name in placed}
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            times = [timer(model, x) for _ in range(repeats)]
+            for model in placed.values():
+                for _ in range(warmup):
+                    model(x)
+            for r in range(rounds):
+                for name, model in placed.items():
+                    if rounds > 1:
+                        model(x)  # untimed: after the switch, the caches hold another model's weights
+                    count = repeats // rounds + (r < repeats % rounds)
+                    times[name] += [timer(model, x) for _ in range(count)]
     finally:
-        model.train(was_training)
-    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) >= 2 else (times[0], 0, times[0])
+        for name, model in models.items():
+            model.train(modes[name])
     protocol = LatencyProtocol(
         batch_size,
         input_size,
@@ -146,7 +171,13 @@ def measure_latency(
         warmup,
         repeats,
         "cuda-events" if device.type == "cuda" else "perf_counter",
+        rounds=rounds,
     )
+    return {name: _summary(t, protocol) for name, t in times.items()}
+
+
+def _summary(times: list[float], protocol: LatencyProtocol) -> Latency:
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) >= 2 else (times[0], 0, times[0])
     return Latency(statistics.median(times), q3 - q1, protocol)
 
 

@@ -284,6 +284,22 @@ def test_measure_latency_reports_median_iqr_and_protocol() -> None:
     assert model.training  # the caller's train/eval mode is left as it was
 
 
+def test_side_by_side_latency_interleaves_the_models_in_rounds() -> None:
+    built = {"a": models.create("resnet20").train(), "b": models.create("resnet20").eval()}
+    calls: list[str] = []
+    for name, model in built.items():
+        model.register_forward_hook(lambda *_, name=name: calls.append(name))
+    lats = measure.measure_latencies(built, batch_size=2, warmup=2, repeats=7, rounds=3)
+    assert set(lats) == {"a", "b"}
+    assert all((lat.protocol.repeats, lat.protocol.rounds, lat.protocol.warmup) == (7, 3, 2) for lat in lats.values())
+    # warm-up of each, then per round per model: one untimed forward after the switch and 3, 2, 2 timed ones
+    rounds = [["a"] * 4 + ["b"] * 4, ["a"] * 3 + ["b"] * 3, ["a"] * 3 + ["b"] * 3]
+    assert calls == ["a", "a", "b", "b"] + [c for r in rounds for c in r]
+    assert built["a"].training and not built["b"].training  # each caller's mode is left as it was
+    with pytest.raises(BenchError, match="rounds <= repeats"):
+        measure.measure_latencies(built, repeats=2, rounds=3)
+
+
 @pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"warmup": -1}, {"batch_size": 0}])
 def test_measure_latency_rejects_empty_protocol(kwargs: dict) -> None:
     with pytest.raises(BenchError):
