@@ -302,16 +302,16 @@ def test_auto_runs_eager_then_compiled_and_other_shapes_stay_eager() -> None:
     assert kinds == ["eager", "eager", "compiled", "eager"]
 
 
-def test_a_failing_compile_leaves_the_engine_eager_with_the_reason(monkeypatch, capsys) -> None:
+def test_a_failing_compile_leaves_the_engine_eager_with_the_reason(capsys) -> None:
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached kernel would not need the compiler
     g = torch.Generator().manual_seed(13)
     xs = [torch.randn(3, 5, 3, 3, generator=g).requires_grad_() for _ in range(4)]
     copies = [x.detach().clone().requires_grad_() for x in xs]
     engine = FlowEngine("compiled")
-    length, curv = flow_terms(xs, "shortcut", "second_difference", "l2", engine=engine)
+    # inductor's own patch (monkeypatch's undo deletes config entries); no cache, which needs no compiler
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        length, curv = flow_terms(xs, "shortcut", "second_difference", "l2", engine=engine)
     assert engine.status.startswith("eager (compile failed: ") and "C++ compiler" in engine.status
     assert "ffr kernel eager (compile failed" in capsys.readouterr().err
     (length + curv).backward()
