@@ -84,8 +84,8 @@ def latency_comparison(
         cost = measure.cost(model, input_size)
         rows[label] = {"variant": label, "macs": cost.macs, "params": cost.params,
                        "flops_ratio": dense_macs / cost.macs, "channels": _widths(model, input_size)}  # fmt: skip
+    rounds = min(ROUNDS, repeats)
     for batch in batch_sizes:
-        rounds = min(ROUNDS, repeats)
         measured = measure.measure_latencies(built, input_size, batch, device, repeats=repeats, rounds=rounds)
         for label, lat in measured.items():
             speedup = measured["dense"].median_ms / lat.median_ms

@@ -553,10 +553,11 @@ def start_workers(spec_file: Path, count: int, log_dir: Path | None = None) -> l
     procs = []
     for worker in range(count):
         cmd = [sys.executable, "-m", "bench", "sweep", "--worker", str(spec_file), "--worker-index", str(worker)]
-        out = None if log_dir is None else open(log_dir / f"worker-{worker}.log", "w")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None)
-        )
+        if log_dir is None:
+            procs.append(subprocess.Popen(cmd, start_new_session=True))
+            continue
+        with open(log_dir / f"worker-{worker}.log", "w") as out:  # the child keeps its own copy of the handle
+            procs.append(subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT))
     return procs
 
 

@@ -74,9 +74,9 @@ def worker_scaling(
                     f"the workers' output ends:\n{tails}"
                 )
             rows.append(_row(count, spec.threads, seconds, launched, complete))
-    for key in ("trials_per_minute", "steady_trials_per_minute"):
-        for row in rows:
-            row[key.replace("trials_per_minute", "ratio")] = row[key] / rows[0][key]
+    for row in rows:
+        row["ratio"] = row["trials_per_minute"] / rows[0]["trials_per_minute"]
+        row["steady_ratio"] = row["steady_trials_per_minute"] / rows[0]["steady_trials_per_minute"]
     return {"trials": len(cells), "cores": cores, "trial": dataclasses.asdict(cfg.finetune) | {"data": TINY["data"]},
             "rows": rows, "target_ratio_2_over_1": 1.7}  # fmt: skip
 

@@ -28,7 +28,7 @@ formulation below is our reconstruction (METHODS.md, "ffr"), and every choice is
 Cost: G and the second-difference C run as one autograd Function with a hand-written gradient,
 computed by one of two engines (``kernel``). Eager: in-place passes over buffers reused between
 steps; on resnet56, batch 128, channels_last, 2 CPU threads, a training step grows by 16%
-(plain autograd through the formulas: 64%). Compiled: torch.compile (inductor) kernels of the same
+(plain autograd through the formulas: 64%). Compiled: inductor kernels (make_fx traces) of the same
 formulas, one fused pass per norm and per feature gradient, nothing stored but the features; the
 step grows by about 7%. ``kernel="auto"`` switches from eager to compiled after
 ``COMPILE_AFTER_STEPS`` steps (``python -m bench speed``, section d, measures both).
@@ -80,7 +80,7 @@ class FFRConfig:
     ``align``, ``curvature``, ``norm``: see the module docs. ``importance``: ``"l1"`` = filter L1
     norm / its layer's mean (l1's ``layer_mean``), ``"bn"`` = |gamma| of the unit's BN.
 
-    ``kernel``: how G and C are computed, not what: ``"eager"``, ``"compiled"`` (torch.compile), or
+    ``kernel``: how G and C are computed, not what: ``"eager"``, ``"compiled"`` (inductor), or
     ``"auto"`` (eager for the first ``COMPILE_AFTER_STEPS`` training steps, then compiled); see
     :class:`FlowEngine`. The engines agree to float rounding."""
 
@@ -284,8 +284,7 @@ class _FusedFlow(torch.autograd.Function):
         rows = [v for v in ds + es if v is not None]  # the d's, then the e's
         n_d = sum(d is not None for d in ds)
         raw = torch.stack([_raw_norm(v, norm) for v in rows])
-        numel = torch.tensor([[math.prod(v.shape[1:])] for v in rows], dtype=raw.dtype).to(raw.device)
-        values, slopes = _values_and_slopes(raw, numel, norm)
+        values, slopes = _values_and_slopes(raw, _row_numels(rows, raw), norm)
         ctx.state = (norm, geometries, ds, es, slopes, n_d, [f.shape for f in features], claim)
         return _length_and_curvature(values, n_d)
 
@@ -304,6 +303,11 @@ class _FusedFlow(torch.autograd.Function):
                 grads_d[i].addcmul_(base, coefficient)
                 geometries[i].source(grads_d[i - 1]).addcmul_(geometries[i].target(base), coefficient, value=-1)
         return (None, None, None, None, *_feature_grads(grads_d, geometries, shapes))
+
+
+def _row_numels(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Elements per sample of each difference row, a column on ``like``'s dtype and device."""
+    return torch.tensor([[math.prod(v.shape[1:])] for v in rows], dtype=like.dtype).to(like.device)
 
 
 def _length_and_curvature(values: torch.Tensor, n_d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,7 +401,7 @@ class FlowEngine:
     """Computes G and the second-difference C step after step, with one of two kernels.
 
     ``eager``: :class:`_FusedFlow`, whose buffers live in ``workspace``. ``compiled``: the pure
-    formulas below through torch.compile (inductor), specialised to the shapes of the first batch
+    formulas below, traced and compiled by inductor, specialised to the shapes of the first batch
     they see; a batch of other shapes (an epoch's short last batch) runs eagerly rather than
     recompiling. ``auto``: eager for the first ``COMPILE_AFTER_STEPS`` steps, then compiled. A
     compile that fails (no C++ compiler, no triton) leaves the engine eager for good, with the
@@ -458,20 +462,15 @@ class _CompiledKernels:
         geometries = tuple(_geometries(features, align))
         with torch.no_grad():
             examples = [f.detach() for f in features]
-            raw = _pure_norms(geometries, norm, curv, *examples)
-            self.n_d = sum(g is not None for g in geometries)
-            self.numel = torch.tensor(_row_numels(examples, geometries, curv), dtype=raw.dtype, device=raw.device)
+            ds, es = _differences(examples, geometries, curv)
+            rows = [v for v in ds + es if v is not None]
+            self.n_d = sum(d is not None for d in ds)
+            self.numel = _row_numels(rows, examples[0])
             norms = functools.partial(_pure_norms, geometries, norm, curv)
             self.norms = inductor_compile(make_fx(norms)(*examples), examples)
             gradients = functools.partial(_pure_gradients, geometries, norm, curv)
-            inputs = [torch.zeros_like(raw), *examples]
+            inputs = [examples[0].new_zeros((len(rows), len(examples[0]))), *examples]  # the coefficients' shape
             self.gradients = inductor_compile(make_fx(gradients)(*inputs), inputs)
-
-
-def _row_numels(features: list[torch.Tensor], geometries, curv: bool) -> list[list[int]]:
-    """Elements per sample of each row's difference: d_l and e_l have x_{l+1}'s shape."""
-    ds, es = _differences(features, geometries, curv)
-    return [[math.prod(v.shape[1:])] for v in ds + es if v is not None]
 
 
 class _CompiledFlow(torch.autograd.Function):
