@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.errors import BenchError, unknown_name
+from bench.checkpoint import atomic_save
+from bench.errors import BenchError, first_line, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ def _download_cifar(name: str, root: Path) -> None:
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except Exception as exc:  # urllib, SSL, checksum ...: all mean "no usable download here"
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise BenchError(
             f"could not download '{name}' into {root} ({detail}); this machine probably cannot reach the "
             "internet: copy the dataset under --data-dir instead"
@@ -506,13 +507,7 @@ def _load_cached(path: Path, count: int) -> Split | None:
 
 def _save_atomic(blob: dict[str, torch.Tensor], path: Path) -> None:
     """Write then rename, so a killed run never leaves a half-written cache file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(blob, path)
 
 
 def decode_images(files: Sequence[Path], size: tuple[int, int] | None = None, *, desc: str = "decode") -> torch.Tensor:

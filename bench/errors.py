@@ -26,3 +26,10 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> BenchError:
     hint = closest(name, valid)
     suggestion = f" Did you mean '{hint}'?" if hint else ""
     return BenchError(f"unknown {kind} '{name}'.{suggestion} Valid {kind}s: {', '.join(valid)}.")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty
+    (driver and library errors put the useful part first and a traceback-like tail after)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
