@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_name
 from reports import figures, source
 from reports.reference import load_published
-from reports.tables import Table, build_tables, render
+from reports.tables import Table, build_tables, groups, render
 
 FORMATS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 ENV_COLUMNS = ["git_sha", "git_dirty", "device", "torch", "cuda", "python", "mlflow"]
@@ -42,7 +42,7 @@ class ReportRequest:
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
-            raise BenchError(f"unknown format '{self.fmt}'; valid: {', '.join(FORMATS)}")
+            raise unknown_name("format", self.fmt, FORMATS)
         selections = [x for x in (self.experiment, self.sweep, self.run_ids or None) if x]
         if len(selections) > 1 and not (self.sweep and self.experiment and not self.run_ids):
             raise BenchError("choose one of --experiment, --sweep or --runs (--sweep may name its --experiment)")
@@ -88,10 +88,8 @@ def build_report(request: ReportRequest) -> Report:
 def make_figures(runs: pd.DataFrame, request: ReportRequest, folder: Path) -> dict[str, list[Path]]:
     """Every figure the runs hold data for, per group of the table."""
     made: dict[str, list[Path]] = {}
-    keys = [k for k in request.group_by if k in runs]
-    groups = runs.groupby(keys, sort=True, dropna=False) if keys else [((), runs)]
-    for key, group in groups:
-        parts = [str(k) for k in (key if isinstance(key, tuple) else (key,)) if not pd.isna(k)]
+    for key, group in groups(runs, [k for k in request.group_by if k in runs]):
+        parts = [str(k) for k in key if not pd.isna(k)]
         suffix, title = "_".join(parts) or "all", " / ".join(parts)
         candidates = {
             "accuracy_vs_flops": figures.accuracy_vs_flops(group, title),

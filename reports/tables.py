@@ -6,63 +6,38 @@ and optionally model, dataset, data_label, target, latency_median_ms. Output: on
 (model and dataset by default) with the dense baseline first and one row per method (and per
 FLOPs target when a method ran at several), cells mean +- std over seeds (n shown; one seed: no
 std), the best of our rows in bold, published rows interleaved after ours and marked, and
-footnotes. :func:`render` writes Markdown, LaTeX (booktabs), CSV or an HTML fragment.
+footnotes. The columns are declared in :mod:`reports.columns`; :func:`render` (from
+:mod:`reports.render`) writes Markdown, LaTeX (booktabs), CSV or an HTML fragment.
 """
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
 
+from reports.columns import BY_KEY, COLUMNS, Column, Record, Table, shown
+from reports.render import format_table, latex_escape, render
 from reports.stats import Summary, paired_difference
 
-COLUMNS = [
-    "method",
-    "n",
-    "base acc (%)",
-    "test acc (%)",
-    "acc change (pp)",
-    "params (M)",
-    "params red. (%)",
-    "FLOPs (M MACs)",
-    "FLOPs red. (%)",
+__all__ = [
+    "Table",
+    "build_tables",
+    "comparison_table",
+    "format_table",
+    "groups",
+    "latex_escape",
+    "render",
+    "row_labels",
 ]
-LATENCY_COLUMNS = ["latency (ms)", "speed-up"]
-HIGHER_IS_BETTER = {
-    "test acc (%)": True,
-    "acc change (pp)": True,
-    "params red. (%)": True,
-    "FLOPs red. (%)": True,
-    "latency (ms)": False,
-    "speed-up": True,
-}
+
 PUBLISHED_NOTE = (
     "published rows are copied from the papers (results/reference/published.csv): original CIFAR "
     "images, checkpoint selected on the test set; ours select on a validation split"
 )
 CONVENTION_NOTE = "{mark} the source counts FLOPs as {convention}; ours are conv+linear MACs per image"
-
-
-@dataclass
-class Table:
-    """One group's table: display text per cell, plus which cells are bold and the notes."""
-
-    title: str
-    columns: list[str]
-    rows: list[dict[str, str]]
-    kinds: list[str]  # "dense", "ours" or "published", per row
-    records: list[dict[str, Any]]  # the numbers behind each row (for CSV)
-    bold: set[tuple[int, str]] = field(default_factory=set)
-    footnotes: list[str] = field(default_factory=list)
-    comparisons: list[str] = field(default_factory=list)
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=self.columns)
 
 
 def build_tables(
@@ -78,34 +53,42 @@ def build_tables(
         if column not in runs:
             runs[column] = "all"
     keys = list(group_by)
-    groups = runs.groupby(keys, sort=True, dropna=False) if keys else [((), runs)]
-    tables = []
-    for key, group in groups:
-        values = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
-        tables.append(_table(group, values, reference, compare_to))
-    return tables
+    return [
+        _table(group, dict(zip(keys, key, strict=True)), reference, compare_to) for key, group in groups(runs, keys)
+    ]
+
+
+def groups(runs: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], pd.DataFrame]]:
+    """(key values, rows) per group of ``runs`` by ``keys``, sorted, NaN keys kept; no keys: one group."""
+    if not keys:
+        yield (), runs
+        return
+    for key, group in runs.groupby(list(keys), sort=True, dropna=False):
+        yield (key if isinstance(key, tuple) else (key,)), group
 
 
 def _table(group: pd.DataFrame, key: dict[str, Any], reference: pd.DataFrame | None, compare_to: str | None) -> Table:
     records = _records(group)
-    has_latency = any(r.get("latency") is not None for r in records)
-    columns = COLUMNS + (LATENCY_COLUMNS if has_latency else [])
-    published = _published(reference, key)
-    table = Table(_title(group, key), columns, [], [], [])
-    for i, record in enumerate(records):
-        _append(table, record, has_latency)
-        last_of_method = i + 1 == len(records) or records[i + 1]["method"] != record["method"]
-        if record["kind"] == "ours" and last_of_method:  # published rows right after all of ours
-            for pub in published.pop(record["method"], []):
-                _append(table, pub, has_latency)
-    for rest in published.values():
-        for pub in rest:
-            _append(table, pub, has_latency)
+    columns = shown(with_latency=any(r.latency is not None for r in records))
+    table = Table(_title(group, key), [c.header for c in columns], [], [], [])
+    for record in _interleaved(records, _published(reference, key)):
+        _append(table, record, columns)
     _mark_best(table)
     _add_notes(table)
     if compare_to:
         table.comparisons = _comparisons(group, compare_to)
     return table
+
+
+def _interleaved(records: list[Record], published: dict[str, list[Record]]) -> Iterator[Record]:
+    """Our records in order, each method's published rows right after all of its rows, then the rest."""
+    for i, record in enumerate(records):
+        yield record
+        last_of_method = i + 1 == len(records) or records[i + 1].method != record.method
+        if record.kind == "ours" and last_of_method:
+            yield from published.pop(record.method, [])
+    for rest in published.values():
+        yield from rest
 
 
 def _title(group: pd.DataFrame, key: dict[str, Any]) -> str:
@@ -123,7 +106,7 @@ def _known(value: Any, missing: str) -> Any:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def _records(group: pd.DataFrame) -> list[dict[str, Any]]:
+def _records(group: pd.DataFrame) -> list[Record]:
     """The dense row, then one per (method, target) in first-seen order, as numbers."""
     dense = group[group["method"] == "dense"]
     if "baseline_key" in dense and dense["baseline_key"].notna().any():  # one baseline, logged by several runs
@@ -174,57 +157,35 @@ def _labels(ours: pd.DataFrame) -> pd.Series:
     return with_trial.where(trial.notna(), ours["method"].astype(str))
 
 
-def _record(label: str, kind: str, rows: pd.DataFrame, dense_latency: Summary | None, **extra: Any) -> dict[str, Any]:
+def _record(label: str, kind: str, rows: pd.DataFrame, dense_latency: Summary | None, **extra: Any) -> Record:
+    """The numbers of one row from its runs (one per seed); the dense row has no change or reduction."""
     latency = Summary.of(rows["latency_median_ms"]) if "latency_median_ms" in rows else None
     speedup = None
     if latency is not None and dense_latency is not None and kind != "dense":
         speedup = dense_latency.mean / latency.mean
     dense_kind = kind == "dense"
-    return {
-        "label": label,
-        "kind": kind,
-        "method": extra.get("method", label),
-        "target": extra.get("target"),
-        "n": int(rows["seed"].nunique()) if "seed" in rows else len(rows),
-        "base_acc": Summary.of(rows["dense_test_acc"] if not dense_kind else rows["test_acc"]),
-        "test_acc": Summary.of(rows["test_acc"]),
-        "acc_change": None if dense_kind else Summary.of(rows["test_acc"] - rows["dense_test_acc"]),
-        "params": float(rows["params"].mean()),
-        "params_red": None if dense_kind else Summary.of((1 - rows["params"] / rows["dense_params"]) * 100),
-        "macs": float(rows["macs"].mean()),
-        "flops_red": None if dense_kind else Summary.of((1 - rows["macs"] / rows["dense_macs"]) * 100),
-        "latency": latency,
-        "speedup": speedup,
-        "convention": None,
-    }
+    return Record(
+        label=label,
+        kind=kind,
+        method=extra.get("method", label),
+        target=extra.get("target"),
+        n=int(rows["seed"].nunique()) if "seed" in rows else len(rows),
+        base_acc=Summary.of(rows["dense_test_acc"] if not dense_kind else rows["test_acc"]),
+        test_acc=Summary.of(rows["test_acc"]),
+        acc_change=None if dense_kind else Summary.of(rows["test_acc"] - rows["dense_test_acc"]),
+        params=float(rows["params"].mean()),
+        params_red=None if dense_kind else Summary.of((1 - rows["params"] / rows["dense_params"]) * 100),
+        macs=float(rows["macs"].mean()),
+        flops_red=None if dense_kind else Summary.of((1 - rows["macs"] / rows["dense_macs"]) * 100),
+        latency=latency,
+        speedup=speedup,
+    )
 
 
-def _append(table: Table, record: dict[str, Any], has_latency: bool) -> None:
-    row = {
-        "method": record["label"],
-        "n": str(record["n"]),
-        "base acc (%)": _text(record["base_acc"], 100),
-        "test acc (%)": _text(record["test_acc"], 100),
-        "acc change (pp)": _text(record["acc_change"], 100, signed=True),
-        "params (M)": _number(record["params"], 1e-6, 3),
-        "params red. (%)": _text(record["params_red"], 1, 1),
-        "FLOPs (M MACs)": _number(record["macs"], 1e-6, 2),
-        "FLOPs red. (%)": _text(record["flops_red"], 1, 1),
-    }
-    if has_latency:
-        row["latency (ms)"] = _text(record["latency"], 1, 2)
-        row["speed-up"] = "-" if record["speedup"] is None else f"{record['speedup']:.2f}x"
-    table.rows.append(row)
-    table.kinds.append(record["kind"])
+def _append(table: Table, record: Record, columns: Sequence[Column]) -> None:
+    table.rows.append({c.header: c.cell(record) for c in columns})
+    table.kinds.append(record.kind)
     table.records.append(record)
-
-
-def _text(summary: Summary | None, scale: float, digits: int = 2, signed: bool = False) -> str:
-    return "-" if summary is None else summary.text(scale, digits, signed)
-
-
-def _number(value: float | None, scale: float, digits: int) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value * scale:.{digits}f}"
 
 
 def _mark_best(table: Table) -> None:
@@ -233,50 +194,39 @@ def _mark_best(table: Table) -> None:
     by_target: dict[Any, list[int]] = {}
     for i, kind in enumerate(table.kinds):
         if kind == "ours":
-            by_target.setdefault(table.records[i]["target"], []).append(i)
+            by_target.setdefault(table.records[i].target, []).append(i)
     for ours in by_target.values():
         if len(ours) >= 2:
             _mark_best_of(table, ours)
 
 
 def _mark_best_of(table: Table, ours: list[int]) -> None:
-    keys = {
-        "test acc (%)": "test_acc",
-        "acc change (pp)": "acc_change",
-        "params red. (%)": "params_red",
-        "FLOPs red. (%)": "flops_red",
-        "latency (ms)": "latency",
-        "speed-up": "speedup",
-    }
-    for column, key in keys.items():
-        if column not in table.columns:
+    for column in COLUMNS:
+        if column.better is None or column.header not in table.columns:
             continue
-        scores = {i: _score(table.records[i][key]) for i in ours}
+        scores = {i: column.score(table.records[i]) for i in ours}
         scores = {i: s for i, s in scores.items() if s is not None}
         if not scores:
             continue
-        best = (max if HIGHER_IS_BETTER[column] else min)(scores.values())
-        table.bold |= {(i, column) for i, s in scores.items() if math.isclose(s, best, rel_tol=1e-9, abs_tol=1e-12)}
-
-
-def _score(value: Summary | float | None) -> float | None:
-    if value is None:
-        return None
-    return value.mean if isinstance(value, Summary) else float(value)
+        best = (max if column.better == "higher" else min)(scores.values())
+        table.bold |= {
+            (i, column.header) for i, s in scores.items() if math.isclose(s, best, rel_tol=1e-9, abs_tol=1e-12)
+        }
 
 
 def _add_notes(table: Table) -> None:
     if "published" in table.kinds:
         table.footnotes.append(PUBLISHED_NOTE)
-    conventions = {r["convention"] for r in table.records if r["kind"] == "published" and r["convention"] != "MACs"}
+    conventions = {r.convention for r in table.records if r.kind == "published" and r.convention != "MACs"}
+    flops_red = BY_KEY["flops_red"].header
     for mark, convention in zip("†‡§", sorted(conventions), strict=False):
         table.footnotes.append(CONVENTION_NOTE.format(mark=mark, convention=convention))
         for i, record in enumerate(table.records):
-            if record["convention"] == convention:
-                table.rows[i]["FLOPs red. (%)"] += f" {mark}"
+            if record.convention == convention:
+                table.rows[i][flops_red] += f" {mark}"
 
 
-def _published(reference: pd.DataFrame | None, key: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _published(reference: pd.DataFrame | None, key: dict[str, Any]) -> dict[str, list[Record]]:
     """Published rows of this group, as records, by method."""
     if reference is None or reference.empty:
         return {}
@@ -284,29 +234,29 @@ def _published(reference: pd.DataFrame | None, key: dict[str, Any]) -> dict[str,
     for column in ("model", "dataset"):
         if column in key and key[column] != "all":
             match = match[match[column] == key[column]]
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in match.itertuples(index=False):
-        base, acc = float(r.baseline_acc) / 100, float(r.pruned_acc) / 100
-        record = {
-            "label": f"{r.method} ({r.config}) [published]",
-            "kind": "published",
-            "method": r.method,
-            "target": None,
-            "n": "-",
-            "base_acc": Summary(base, None, 1),
-            "test_acc": Summary(acc, None, 1),
-            "acc_change": Summary(acc - base, None, 1),
-            "params": None,
-            "params_red": None if pd.isna(r.params_reduction) else Summary(float(r.params_reduction), None, 1),
-            "macs": None,
-            "flops_red": None if pd.isna(r.flops_reduction) else Summary(float(r.flops_reduction), None, 1),
-            "latency": None,
-            "speedup": None,
-            "convention": r.flops_convention,
-            "source": r.source,
-        }
-        out.setdefault(r.method, []).append(record)
+    out: dict[str, list[Record]] = {}
+    for row in match.itertuples(index=False):
+        out.setdefault(row.method, []).append(_published_record(row))
     return out
+
+
+def _published_record(r: Any) -> Record:
+    """One row of published.csv (accuracies and reductions in %) as a record with one "seed"."""
+    base, acc = float(r.baseline_acc) / 100, float(r.pruned_acc) / 100
+    return Record(
+        label=f"{r.method} ({r.config}) [published]",
+        kind="published",
+        method=r.method,
+        target=None,
+        n="-",
+        base_acc=Summary(base, None, 1),
+        test_acc=Summary(acc, None, 1),
+        acc_change=Summary(acc - base, None, 1),
+        params_red=None if pd.isna(r.params_reduction) else Summary(float(r.params_reduction), None, 1),
+        flops_red=None if pd.isna(r.flops_reduction) else Summary(float(r.flops_reduction), None, 1),
+        convention=r.flops_convention,
+        source=r.source,
+    )
 
 
 def _comparisons(group: pd.DataFrame, reference_method: str) -> list[str]:
@@ -334,166 +284,9 @@ def _comparisons(group: pd.DataFrame, reference_method: str) -> list[str]:
     return lines
 
 
-# --- rendering -----------------------------------------------------------------------------------
-
-
-def render(tables: list[Table], fmt: str) -> str:
-    """All tables in one document of format md, latex, csv or html (a fragment)."""
-    if fmt == "csv":
-        return _csv(tables)
-    renderer = {"md": _markdown, "latex": _latex, "html": _html}[fmt]
-    return "\n\n".join(renderer(t) for t in tables) + "\n"
-
-
-def _cell(table: Table, i: int, column: str, bold: Any, escape: Any = str) -> str:
-    """Cell text escaped for the format, wrapped by ``bold`` where it is the best of its column."""
-    text = escape(table.rows[i][column])
-    return bold(text) if (i, column) in table.bold else text
-
-
-def _markdown(table: Table) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c == "method" else "---:" for c in table.columns) + "|"
-    body = [
-        "| " + " | ".join(_cell(table, i, c, lambda t: f"**{t}**") for c in table.columns) + " |"
-        for i in range(len(table.rows))
-    ]
-    notes = [f"- {n}" for n in table.footnotes] + [f"- {c}" for c in table.comparisons]
-    return "\n".join([f"### {table.title}", "", header, rule, *body] + (["", *notes] if notes else []))
-
-
-LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "†": r"\textsuperscript{\dag}",
-    "‡": r"\textsuperscript{\ddag}",
-    "§": r"\textsuperscript{\S}",
-}
-
-
-def latex_escape(text: str) -> str:
-    escaped = "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-    return escaped.replace("+-", r"$\pm$")
-
-
-def _latex(table: Table) -> str:
-    spec = "l" + "r" * (len(table.columns) - 1)
-    header = " & ".join(latex_escape(c) for c in table.columns) + r" \\"
-    body = []
-    for i in range(len(table.rows)):
-        if i > 0 and table.kinds[i] != table.kinds[i - 1] and "dense" in (table.kinds[i - 1], table.kinds[i]):
-            body.append(r"\midrule")
-        cells = [_cell(table, i, c, lambda t: rf"\textbf{{{t}}}", latex_escape) for c in table.columns]
-        body.append(" & ".join(cells) + r" \\")
-    notes = [latex_escape(n) for n in table.footnotes + table.comparisons]
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        rf"\caption{{{latex_escape(table.title)}}}",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        header,
-        r"\midrule",
-        *body,
-        r"\bottomrule",
-        r"\end{tabular}",
-    ]
-    if notes:
-        lines += [r"\par\smallskip\footnotesize", r" \\ ".join(notes)]
-    lines.append(r"\end{table}")
-    return "\n".join(lines)
-
-
-def _html(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    rows = []
-    for i in range(len(table.rows)):
-        cells = "".join(f"<td>{_cell(table, i, c, lambda t: f'<b>{t}</b>', html.escape)}</td>" for c in table.columns)
-        rows.append(f'<tr class="{table.kinds[i]}">{cells}</tr>')
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes + table.comparisons)
-    return (
-        f"<h3>{html.escape(table.title)}</h3>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
-        + "\n".join(rows)
-        + f"\n</tbody>\n</table>\n<ul>{notes}</ul>"
-    )
-
-
-CSV_FIELDS = [
-    "group",
-    "kind",
-    "method",
-    "target",
-    "n",
-    "base_acc_mean",
-    "test_acc_mean",
-    "test_acc_std",
-    "acc_change_mean",
-    "acc_change_std",
-    "params_m",
-    "params_red_pct",
-    "macs_m",
-    "flops_red_pct",
-    "latency_ms",
-    "speedup",
-]
-
-
-def _csv(tables: list[Table]) -> str:
-    """The numbers behind every row (accuracies in %), one line per row, for spreadsheets and plots."""
-    rows = []
-    for table in tables:
-        for record in table.records:
-            rows.append(
-                {
-                    "group": table.title,
-                    "kind": record["kind"],
-                    "method": record["label"],
-                    "target": record["target"],
-                    "n": record["n"],
-                    "base_acc_mean": _mean(record["base_acc"], 100),
-                    "test_acc_mean": _mean(record["test_acc"], 100),
-                    "test_acc_std": _std(record["test_acc"], 100),
-                    "acc_change_mean": _mean(record["acc_change"], 100),
-                    "acc_change_std": _std(record["acc_change"], 100),
-                    "params_m": None if record["params"] is None else round(record["params"] / 1e6, 6),
-                    "params_red_pct": _mean(record["params_red"], 1),
-                    "macs_m": None if record["macs"] is None else round(record["macs"] / 1e6, 6),
-                    "flops_red_pct": _mean(record["flops_red"], 1),
-                    "latency_ms": _mean(record["latency"], 1),
-                    "speedup": None if record["speedup"] is None else round(record["speedup"], 4),
-                }
-            )
-    return pd.DataFrame(rows, columns=CSV_FIELDS).to_csv(index=False, lineterminator="\n")
-
-
-def _mean(summary: Summary | None, scale: float) -> float | None:
-    return None if summary is None else round(summary.mean * scale, 4)
-
-
-def _std(summary: Summary | None, scale: float) -> float | None:
-    return None if summary is None or summary.std is None else round(summary.std * scale, 4)
-
-
 # --- what bench run prints ------------------------------------------------------------------------
 
 
 def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     """One run's per-seed rows as one table (display text), the dense baseline first."""
     return build_tables(results, group_by=())[0].frame()
-
-
-def format_table(table: pd.DataFrame, title: str = "") -> str:
-    """A GitHub-flavoured Markdown table (also readable as plain text in a terminal)."""
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c == "method" else "---:" for c in table.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(([title, ""] if title else []) + [header, rule, *body])
