@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from bench.errors import BenchError
+from bench.schema import Artifact, Tag, sparsity_metric
+
 EPS_GRID = tuple(float(e) for e in torch.logspace(-6, 0, 25, dtype=torch.float64))  # 4 points per decade
 REPORT_EPS = (1e-4, 1e-3, 1e-2)  # eps logged as scalar metrics
-ARTIFACT = "sparsity.json"
+ARTIFACT = Artifact.SPARSITY
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,8 @@ class SparsityCurves:
         """Fractions at REPORT_EPS, as MLflow metric names (``sparsity/unstructured_eps_1e-03``)."""
         out = {}
         for eps in REPORT_EPS:
-            out[f"sparsity/unstructured_eps_{eps:.0e}"] = fraction_below(self.eps, self.unstructured, eps)
-            out[f"sparsity/structured_eps_{eps:.0e}"] = fraction_below(self.eps, self.structured, eps)
+            out[sparsity_metric("unstructured", eps)] = fraction_below(self.eps, self.unstructured, eps)
+            out[sparsity_metric("structured", eps)] = fraction_below(self.eps, self.structured, eps)
         return out
 
 
@@ -89,31 +92,16 @@ def stored_curves(tracking_uri: str, run_id: str) -> dict[str, dict]:
 
     Labels are "<method> s<seed>", so a parent run shows FFR's curves beside the dense baseline's.
     """
-    import json
-    import tempfile
-    from pathlib import Path
+    from bench.store import Store
 
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from bench.errors import BenchError
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise BenchError(f"no MLflow run '{run_id}' at {tracking_uri}; pass --tracking-uri or --results-dir") from exc
-    children = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=1000
-    )
+    store = Store.open(tracking_uri)
+    runs = sorted(store.expand(run_id), key=lambda r: r.info.start_time)
     curves = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in sorted(children, key=lambda r: r.info.start_time) or [run]:
-            names = {a.path for a in client.list_artifacts(r.info.run_id)}
-            if ARTIFACT in names:
-                path = client.download_artifacts(r.info.run_id, ARTIFACT, tmp)
-                label = f"{r.data.tags.get('bench.method', r.info.run_name)} s{r.data.tags.get('bench.seed', '?')}"
-                curves[label] = json.loads(Path(path).read_text())
+    for run in runs:
+        found = store.find_json(run.info.run_id, ARTIFACT)
+        if found is not None:
+            tags = run.data.tags
+            curves[f"{tags.get(Tag.METHOD, run.info.run_name)} s{tags.get(Tag.SEED, '?')}"] = found
     if not curves:
         raise BenchError(f"run '{run_id}' has no {ARTIFACT} (nor do its nested runs); it predates sparsity logging")
     return curves

@@ -1,4 +1,4 @@
-"""A thin layer over ``MlflowClient`` with explicit run ids.
+"""The MLflow writer: a thin layer over ``MlflowClient`` with explicit run ids.
 
 Why not the fluent API (``mlflow.start_run``): it keeps one global active run per process, which
 makes nested runs (a method run under a sweep or a comparison) and resuming a killed run implicit
@@ -8,6 +8,10 @@ Why run keys: a run is identified by the caller's ``key`` (for example the resol
 in the ``bench.key`` tag. Starting the same key again after a kill reuses the unfinished MLflow run
 instead of leaving a dead duplicate next to a new one, so the store holds one run per piece of work.
 
+Reading goes through ``bench.store`` (the one MLflow reader): ``Tracker.store`` is a ``Store`` on the
+same client, which the look-ups here (``find_finished``, ``get_run``, ``read_json``) use. Tag names
+come from ``bench.schema``.
+
 Stores: the default is an embedded sqlite database under ``results/`` with artifacts beside it in
 ``results/mlartifacts``. A team points ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``) at an MLflow
 server, which then decides where artifacts go.
@@ -16,21 +20,16 @@ server, which then decides where artifacts go.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -39,13 +38,16 @@ from mlflow.utils.validation import (
 )
 
 from bench.errors import BenchError
+from bench.schema import PARENT_TAG, Tag
+from bench.store import ENV_URI, Store, check_server, open_error, quote, sqlite_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
-KEY_TAG = "bench.key"
-RESUMES_TAG = "bench.resumes"  # how many times the run was picked up again after a kill
-PARENT_TAG = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId": what the MLflow UI nests runs by
-ENV_URI = "MLFLOW_TRACKING_URI"
+KEY_TAG = Tag.KEY
+RESUMES_TAG = Tag.RESUMES
 
 EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -92,16 +94,6 @@ def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI; None for other schemes and in-memory databases."""
-    if not uri.startswith("sqlite:///"):  # also excludes "sqlite://", SQLAlchemy's in-memory form
-        return None
-    raw = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if raw in ("", ":memory:"):
-        return None
-    return Path(raw).expanduser().resolve()
-
-
 def _check_writable(db: Path, uri: str) -> None:
     """Fail with a one-line hint before MLflow turns an unwritable path into a SQLAlchemy traceback."""
     fix = f"make it writable, or point --tracking-uri (or ${ENV_URI}) at another store"
@@ -117,27 +109,6 @@ def _check_writable(db: Path, uri: str) -> None:
         raise BenchError(f"the tracking database {db} is not writable; {fix}")
 
 
-def _check_server(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast on an unreachable server: MLflow's own client retries for minutes before failing."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            pass
-    except urllib.error.HTTPError:
-        return  # the server answered (perhaps 401 behind auth): it is reachable
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BenchError(
-            f"the MLflow server {uri} is not reachable ({reason}); start it, or fix --tracking-uri (or ${ENV_URI})"
-        ) from exc
-
-
-def _quote(value: str) -> str:
-    """Quote a value for an MLflow search filter; rejects quotes, which the filter grammar can't escape."""
-    if any(ch in value for ch in "'\"\\"):
-        raise ValueError(f"run keys and ids must not contain quotes or backslashes: {value!r}")
-    return f"'{value}'"
-
-
 class Tracker:
     """One MLflow experiment in one store, addressed by explicit run ids.
 
@@ -149,23 +120,19 @@ class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
         self.experiment_name = experiment
-        self._resumed: set[str] = set()
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None:
             _check_writable(db, uri)
         elif uri.startswith(("http://", "https://")):
-            _check_server(uri)
+            check_server(uri)
         try:
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = self._ensure_experiment(db)
         except BenchError:
             raise
         except Exception as exc:  # store construction: every failure here is a bad URI or store
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BenchError(
-                f"cannot open the MLflow tracking store {uri!r}: {first_line}; use sqlite:///<file>.db, "
-                f"a directory, or http(s)://host:port via --tracking-uri (or ${ENV_URI})"
-            ) from exc
+            raise open_error(uri, exc) from exc
+        self.store = Store(uri, self.client)  # the reader, on the same client
 
     def _ensure_experiment(self, db: Path | None) -> str:
         """Get or create the experiment; a local sqlite store keeps its artifacts beside the DB."""
@@ -210,17 +177,12 @@ class Tracker:
             resumes = int(run.data.tags.get(RESUMES_TAG, "0")) + 1
             self.client.update_run(run_id, status="RUNNING")
             self.set_tags(run_id, {**tags, RESUMES_TAG: str(resumes)})
-            self._resumed.add(run_id)
             return run_id
         tags[KEY_TAG] = key
         if parent_id is not None:
             tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         return run.info.run_id
-
-    def was_resumed(self, run_id: str) -> bool:
-        """Whether ``start_run`` returned this id by resuming an unfinished run (in this Tracker)."""
-        return run_id in self._resumed
 
     def find_finished(self, key: str, *, parent_id: str | None = None) -> str | None:
         """The newest FINISHED run with ``key`` under ``parent_id``, or None: lets callers skip work."""
@@ -229,24 +191,11 @@ class Tracker:
 
     def _runs_with_key(self, key: str, parent_id: str | None) -> list[Run]:
         """Active (not deleted) runs with the key and exactly this parent, newest first."""
-        query = f"tags.`{KEY_TAG}` = {_quote(key)}"
+        query = f"tags.`{KEY_TAG}` = {quote(key)}"
         if parent_id is not None:
-            query += f" and tags.`{PARENT_TAG}` = {_quote(parent_id)}"
-        runs = self._search(query, order_by=["attributes.start_time DESC"])
+            query += f" and tags.`{PARENT_TAG}` = {quote(parent_id)}"
+        runs = self.store.search([self.experiment_id], query, order_by=["attributes.start_time DESC"])
         return [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_id]
-
-    def _search(self, query: str, order_by: list[str] | None = None) -> list[Run]:
-        """All runs of the experiment matching ``query``, following pagination."""
-        found: list[Run] = []
-        token: str | None = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id], query, max_results=1000, order_by=order_by, page_token=token
-            )
-            found.extend(page)
-            token = page.token
-            if not token:
-                return found
 
     def reopen(self, run_id: str) -> None:
         """Mark a run RUNNING again (a sweep that is extended or joined by another machine)."""
@@ -290,24 +239,11 @@ class Tracker:
     # --------------------------------------------------------------------------------- metrics
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log one step's metrics in a single ``log_batch`` request (per 1000 metrics)."""
+        """Log one step's metrics in ``log_batch`` requests of at most 1000 metrics."""
         now = int(time.time() * 1000)
-        self.send_metrics(run_id, [Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
-
-    def send_metrics(self, run_id: str, metrics: Sequence[Metric]) -> None:
-        """Send prepared ``Metric`` entities in ``log_batch`` calls of at most 1000."""
-        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk)
-
-    def metric_buffer(self, run_id: str, size: int = MAX_METRICS_PER_BATCH) -> MetricBuffer:
-        """A buffer that collects per-epoch metrics and sends them ``size`` at a time."""
-        return MetricBuffer(self, run_id, size)
-
-    def history(self, run_id: str, key: str) -> pd.DataFrame:
-        """Every logged value of one metric: columns step, value, timestamp (ms), sorted by step."""
-        rows = [(m.step, m.value, m.timestamp) for m in self.client.get_metric_history(run_id, key)]
-        frame = pd.DataFrame(rows, columns=["step", "value", "timestamp"])
-        return frame.sort_values(["step", "timestamp"], ignore_index=True)
 
     # ------------------------------------------------------------------------------- artifacts
 
@@ -331,8 +267,7 @@ class Tracker:
         overwritten in MLflow's own format (pandas ``split`` JSON or parquet) instead.
         """
         directory, _, filename = artifact_file.rpartition("/")
-        present = {a.path for a in self.client.list_artifacts(run_id, directory or None)}
-        if artifact_file not in present:
+        if artifact_file not in self.store.artifacts(run_id, directory or None):
             self.client.log_table(run_id, data=df, artifact_file=artifact_file)
             return
         with tempfile.TemporaryDirectory() as tmp:
@@ -343,105 +278,15 @@ class Tracker:
                 df.to_json(local, orient="split", index=False, date_format="iso")
             self.client.log_artifact(run_id, str(local), directory or None)
 
-    # --------------------------------------------------------------------------------- reading
-
-    def load_table(self, run_id: str, artifact_file: str) -> pd.DataFrame:
-        """Read back a table written by ``log_table``.
-
-        Not ``MlflowClient.load_table``: in MLflow 3.17 it searches runs through the fluent API,
-        i.e. the process-global tracking URI, not this client's store (by default it then creates
-        ``./mlflow.db`` in the working directory).
-        """
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(self.client.download_artifacts(run_id, artifact_file, tmp))
-            if local.suffix == ".parquet":
-                return pd.read_parquet(local)
-            return pd.read_json(local, orient="split")
+    # ------------------------------------------------------------------- reading (via the store)
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id in this store; BenchError when there is none."""
-        try:
-            return self.client.get_run(run_id)
-        except MlflowException as exc:
-            raise BenchError(f"no MLflow run '{run_id}' in {self.uri}") from exc
+        return self.store.get_run(run_id)
 
     def read_json(self, run_id: str, artifact_file: str) -> Any:
         """A JSON artifact of the run, parsed; BenchError naming the run's artifacts when it is missing."""
-        directory, _, _ = artifact_file.rpartition("/")
-        present = {a.path for a in self.client.list_artifacts(run_id, directory or None)}
-        if artifact_file not in present:
-            listed = ", ".join(sorted(present)) or "none"
-            raise BenchError(f"MLflow run '{run_id}' has no artifact '{artifact_file}' (it has: {listed})")
-        with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(self.client.download_artifacts(run_id, artifact_file, tmp)).read_text())
-
-    def runs(self, parent_id: str | None) -> pd.DataFrame:
-        """Runs under ``parent_id`` (top-level runs for None) as one row each, newest first.
-
-        Columns follow ``mlflow.search_runs``: run_id, run_name, status, start_time, end_time, then
-        ``metrics.*`` (latest value), ``params.*`` and ``tags.*``.
-        """
-        newest = ["attributes.start_time DESC"]
-        if parent_id is None:
-            found = [r for r in self._search("", newest) if PARENT_TAG not in r.data.tags]
-        else:
-            found = self._search(f"tags.`{PARENT_TAG}` = {_quote(parent_id)}", newest)
-        return _runs_frame(found)
-
-
-class MetricBuffer:
-    """Collects metrics over steps (epochs) and sends them in few ``log_batch`` requests.
-
-    Against a remote server each request costs a round trip, so per-epoch metrics are buffered and
-    sent when ``size`` accumulate, on ``flush()``, and when the ``with`` block exits. Timestamps are
-    taken when a value is added, so the wall-clock axis stays right.
-    """
-
-    def __init__(self, tracker: Tracker, run_id: str, size: int = MAX_METRICS_PER_BATCH) -> None:
-        self.tracker = tracker
-        self.run_id = run_id
-        self.size = max(1, min(size, MAX_METRICS_PER_BATCH))
-        self._pending: list[Metric] = []
-
-    def add(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Queue one step's metrics; sends a batch once ``size`` metrics are pending."""
-        now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
-        if len(self._pending) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Send everything pending."""
-        pending, self._pending = self._pending, []
-        self.tracker.send_metrics(self.run_id, pending)
-
-    def __enter__(self) -> MetricBuffer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.flush()
-
-
-def _runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
-    """Flatten MLflow ``Run`` entities into the ``mlflow.search_runs`` column layout."""
-    rows = []
-    for run in runs:
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "status": run.info.status,
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-        }
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-        rows.append(row)
-    base = ["run_id", "run_name", "status", "start_time", "end_time"]
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=base)
-    for column in ("start_time", "end_time"):
-        frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
-    return frame
+        return self.store.read_json(run_id, artifact_file)
 
 
 __all__ = [
@@ -449,7 +294,6 @@ __all__ = [
     "KEY_TAG",
     "PARENT_TAG",
     "RESUMES_TAG",
-    "MetricBuffer",
     "Tracker",
     "default_tracking_uri",
     "flatten",

@@ -7,54 +7,59 @@ per-run identity tags (model, dataset) take them from their parent run.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.schema import PARENT_TAG, Env, Metric, Param, Tag
 
-METRICS = [
-    "test_acc",
-    "best_val_acc",
-    "params",
-    "macs",
-    "dense_test_acc",
-    "dense_params",
-    "dense_macs",
-    "flops_reduction",
-    "params_reduction",
-    "train_epochs",
-    "latency_median_ms",
-    "latency_iqr_ms",
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from bench.store import Store
+
+METRICS = [  # the result metrics a report reads, in column order
+    Metric.TEST_ACC,
+    Metric.BEST_VAL_ACC,
+    Metric.PARAMS,
+    Metric.MACS,
+    Metric.DENSE_TEST_ACC,
+    Metric.DENSE_PARAMS,
+    Metric.DENSE_MACS,
+    Metric.FLOPS_REDUCTION,
+    Metric.PARAMS_REDUCTION,
+    Metric.TRAIN_EPOCHS,
+    Metric.LATENCY_MEDIAN,
+    Metric.LATENCY_IQR,
 ]
 TAGS = {  # column -> tag
-    "method": "bench.method",
-    "seed": "bench.seed",
-    "model": "bench.model",
-    "dataset": "bench.dataset",
-    "data_label": "bench.data_label",
-    "prune_rule": "bench.prune_rule",
-    "prune_value": "bench.prune_value",
-    "baseline_key": "bench.baseline_key",
-    "plan_source": "bench.plan_source",
-    "study": "optuna.study",
-    "trial": "optuna.trial",
-    "latency_batch_size": "bench.latency_batch_size",
-    "latency_device": "bench.latency_device",
-    "git_sha": "env.git_sha",
-    "git_dirty": "env.git_dirty",
-    "device": "env.device",
-    "torch": "env.torch",
-    "cuda": "env.cuda",
-    "python": "env.python",
-    "mlflow": "env.mlflow",
+    "method": Tag.METHOD,
+    "seed": Tag.SEED,
+    "model": Tag.MODEL,
+    "dataset": Tag.DATASET,
+    "data_label": Tag.DATA_LABEL,
+    "prune_rule": Tag.PRUNE_RULE,
+    "prune_value": Tag.PRUNE_VALUE,
+    "baseline_key": Tag.BASELINE_KEY,
+    "plan_source": Tag.PLAN_SOURCE,
+    "study": Tag.STUDY,
+    "trial": Tag.TRIAL,
+    "latency_batch_size": Tag.LATENCY_BATCH_SIZE,
+    "latency_device": Tag.LATENCY_DEVICE,
+    "git_sha": Env.GIT_SHA,
+    "git_dirty": Env.GIT_DIRTY,
+    "device": Env.DEVICE,
+    "torch": Env.TORCH,
+    "cuda": Env.CUDA,
+    "python": Env.PYTHON,
+    "mlflow": Env.MLFLOW,
 }
 COLUMNS = ["run_id", "parent_id", "experiment", *TAGS, *METRICS, "target", "start_time"]
-PARENT_TAG = "mlflow.parentRunId"
+TARGET_RULE = "target_flops_reduction"  # the prune rule whose value is a report's ``target`` column
 
 
 def load_mlflow(
@@ -62,70 +67,42 @@ def load_mlflow(
 ) -> pd.DataFrame:
     """Finished method and dense runs: of ``run_ids`` (a parent id stands for its children), of the
     sweep (Optuna study) named ``sweep``, or of the whole ``experiment`` (default "bench")."""
-    client = _client(uri)
+    store = _store(uri)
     ids = list(run_ids)
-    if ids:
-        runs = [r for run_id in ids for r in _expand(client, run_id)]
-    else:
-        exp = _experiment(client, uri, experiment or "bench")
-        runs = _search(client, [exp.experiment_id], "attributes.status = 'FINISHED'")
-        if sweep is not None:
-            parents = [r for r in runs if r.data.tags.get("optuna.study") == sweep and PARENT_TAG not in r.data.tags]
-            if not parents:
-                raise BenchError(f"no sweep '{sweep}' in experiment '{exp.name}' at {uri}")
-            wanted = {p.info.run_id for p in parents}
-            runs = [r for r in runs if r.data.tags.get(PARENT_TAG) in wanted]
-    parents = {}
+    runs = [r for i in ids for r in store.expand(i)] if ids else _in_experiment(store, experiment or "bench", sweep)
+    parents: dict[str, dict[str, str]] = {}
     rows = []
     for run in runs:
-        if "bench.method" not in run.data.tags or run.info.status != "FINISHED":
+        if Tag.METHOD not in run.data.tags or run.info.status != "FINISHED":
             continue
         parent_id = run.data.tags.get(PARENT_TAG)
         if parent_id and parent_id not in parents:
-            parents[parent_id] = client.get_run(parent_id).data.tags
+            parents[parent_id] = store.get_run(parent_id).data.tags
         rows.append(_row(run, parents.get(parent_id, {})))
     if not rows:
         raise BenchError(f"no finished bench runs found at {uri} for the given selection")
     return tidy(pd.DataFrame(rows))
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :])
-        if not path.exists():
-            raise BenchError(f"no MLflow store at {uri} (file missing); pass --tracking-uri or --results-dir")
-    return MlflowClient(tracking_uri=uri)
-
-
-def _experiment(client, uri: str, name: str):
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        names = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise BenchError(f"no MLflow experiment '{name}' at {uri}; experiments: {names}")
-    return exp
+def _in_experiment(store: Store, name: str, sweep: str | None) -> list[Run]:
+    """The experiment's finished runs; with ``sweep``, only the trials of that sweep's parent(s)."""
+    exp = store.experiment(name)
+    runs = store.search([exp.experiment_id], "attributes.status = 'FINISHED'")
+    if sweep is None:
+        return runs
+    parents = {r.info.run_id for r in runs if r.data.tags.get(Tag.STUDY) == sweep and PARENT_TAG not in r.data.tags}
+    if not parents:
+        raise BenchError(f"no sweep '{sweep}' in experiment '{exp.name}' at {store.uri}")
+    return [r for r in runs if r.data.tags.get(PARENT_TAG) in parents]
 
 
-def _expand(client, run_id: str) -> list:
-    from mlflow.exceptions import MlflowException
+@lru_cache(maxsize=8)
+def _store(uri: str) -> Store:
+    """One open store per URI: a report reads runs, then each figure's artifacts, from the same one.
+    Imported here: a report from an export file never loads mlflow."""
+    from bench.store import Store
 
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        raise BenchError(f"no MLflow run '{run_id}' at {client.tracking_uri}") from exc
-    children = _search(client, [run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'")
-    return children or [run]
-
-
-def _search(client, experiment_ids: list[str], query: str) -> list:
-    found, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
+    return Store.open(uri)
 
 
 def _row(run, parent_tags: dict[str, str]) -> dict[str, Any]:
@@ -140,10 +117,10 @@ def _row(run, parent_tags: dict[str, str]) -> dict[str, Any]:
         row[column] = tags.get(tag, parent_tags.get(tag))
     for metric in METRICS:
         row[metric] = metrics.get(metric)
-    if row["prune_rule"] is None and "prune.target_flops_reduction" in params:  # runs before the identity tags
-        value = params["prune.target_flops_reduction"]
+    if row["prune_rule"] is None and Param.TARGET_FLOPS in params:  # runs before the identity tags
+        value = params[Param.TARGET_FLOPS]
         if value not in ("None", ""):
-            row["prune_rule"], row["prune_value"] = "target_flops_reduction", value
+            row["prune_rule"], row["prune_value"] = TARGET_RULE, value
     return row
 
 
@@ -158,7 +135,7 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
     frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce").astype("Int64")
-    is_target = frame["prune_rule"] == "target_flops_reduction"
+    is_target = frame["prune_rule"] == TARGET_RULE
     frame["target"] = pd.to_numeric(frame["prune_value"].where(is_target), errors="coerce")
     # chronological inside a group, so methods appear in the order they were run (as bench run lists them)
     return frame[COLUMNS].sort_values(["model", "dataset", "start_time"], kind="stable", ignore_index=True)
@@ -186,8 +163,4 @@ def save_export(frame: pd.DataFrame, path: str | Path) -> None:
 
 def read_artifact(uri: str, run_id: str, name: str) -> Any | None:
     """A run's JSON artifact (plans.json, sparsity.json), parsed; None when it has none."""
-    client = _client(uri)
-    if name not in {a.path for a in client.list_artifacts(run_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
+    return _store(uri).find_json(run_id, name)

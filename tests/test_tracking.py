@@ -22,8 +22,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bench import store as store_module
 from bench.errors import BenchError
 from bench.provenance import environment
+from bench.schema import Result
+from bench.store import Store
 from bench.tracking import (
     ARTIFACT_DIR,
     KEY_TAG,
@@ -94,9 +97,8 @@ def test_local_store_roundtrip(store: tuple[Path, str], request: pytest.FixtureR
     long_value = "x" * 7000  # over MLflow's 6000-character param limit
     for seed, run_id in enumerate(children):
         tracker.log_params(run_id, {**params, "seed": seed, "long": long_value})
-        with tracker.metric_buffer(run_id, size=4) as buffer:  # 3 epochs x 2 metrics: two batches
-            for epoch in range(3):
-                buffer.add({"train.loss": 1.0 / (epoch + 1), "val.acc": 0.5 + 0.1 * epoch + seed}, step=epoch)
+        for epoch in range(3):
+            tracker.log_metrics(run_id, {"train.loss": 1.0 / (epoch + 1), "val.acc": 0.5 + 0.1 * epoch + seed}, epoch)
         tracker.log_metrics(run_id, {"test.acc": 0.9 + seed / 100, "flops.ratio": 0.5})
         tracker.log_dict(run_id, {"layers": {"conv1": 0.5}, "seed": seed}, "plan/plan.json")
         tracker.log_table(run_id, pd.DataFrame({"layer": ["conv1", "conv2"], "kept": [8, 16]}), "plan/layers.json")
@@ -126,7 +128,6 @@ def test_local_store_roundtrip(store: tuple[Path, str], request: pytest.FixtureR
         assert sorted((m.step, round(m.value, 6)) for m in history) == [
             (e, round(0.5 + 0.1 * e + seed, 6)) for e in range(3)
         ]
-        assert tracker.history(run_id, "train.loss")["step"].tolist() == [0, 1, 2]
 
         local = Path(client.download_artifacts(run_id, "", str(tmp_path / f"dl{seed}")))
         assert json.loads((local / "plan" / "plan.json").read_text()) == {"layers": {"conv1": 0.5}, "seed": seed}
@@ -136,12 +137,17 @@ def test_local_store_roundtrip(store: tuple[Path, str], request: pytest.FixtureR
         assert (results / ARTIFACT_DIR / run_id / "artifacts" / "plan" / "plan.json").is_file()
         assert run.info.artifact_uri.startswith((results / ARTIFACT_DIR).as_uri())
 
-    frame = tracker.runs(parent)
-    assert len(frame) == 2
-    assert set(frame["params.method"]) == {"l1"}
-    assert sorted(frame["metrics.test.acc"].round(4)) == [0.9, 0.91]
-    assert set(frame["status"]) == {"FINISHED"}
-    assert tracker.runs(None)["run_id"].tolist() == [parent]
+    reader = Store.open(uri)  # the one reader sees the same runs and artifacts
+    nested = reader.children(parent)
+    assert sorted(r.info.run_id for r in nested) == sorted(children)
+    assert {r.data.params["method"] for r in nested} == {"l1"}
+    assert sorted(round(r.data.metrics["test.acc"], 4) for r in nested) == [0.9, 0.91]
+    assert {r.info.status for r in nested} == {"FINISHED"}
+    assert [r.info.run_id for r in reader.expand(children[0])] == [children[0]]  # no children: the run itself
+    assert reader.read_json(children[1], "plan/plan.json") == {"layers": {"conv1": 0.5}, "seed": 1}
+    assert reader.find_json(children[1], "plan/missing.json") is None
+    with pytest.raises(BenchError, match=r"no artifact 'missing\.json' \(it has: .*notes"):
+        reader.read_json(children[1], "missing.json")
 
 
 def test_log_table_replaces_instead_of_appending(store: tuple[Path, str], request: pytest.FixtureRequest) -> None:
@@ -149,7 +155,7 @@ def test_log_table_replaces_instead_of_appending(store: tuple[Path, str], reques
     run_id = tracker.start_run("t", key="t")
     tracker.log_table(run_id, pd.DataFrame({"a": [1, 2]}), "results.json")
     tracker.log_table(run_id, pd.DataFrame({"a": [3, 4, 5]}), "results.json")  # e.g. after a resume
-    assert tracker.load_table(run_id, "results.json")["a"].tolist() == [3, 4, 5]
+    assert tracker.read_json(run_id, "results.json")["data"] == [[3], [4], [5]]  # pandas "split" layout
 
 
 # ---------------------------------------------------------------------------------------- resume
@@ -160,12 +166,13 @@ def test_resume_unfinished_run_by_key(store: tuple[Path, str], request: pytest.F
     parent = tracker.start_run("sweep", key="sweep")
     first = tracker.start_run("trial", parent_id=parent, key="trial-0")
     tracker.log_params(first, {"dense": {"epochs": 3}, "lr": 0.1})
-    assert not tracker.was_resumed(first)
+    client = MlflowClient(tracking_uri=store[1])
+    assert RESUMES_TAG not in client.get_run(first).data.tags
 
     # The process was killed: the run stays RUNNING. A new invocation (a new Tracker) resumes it.
     again = Tracker(store[1], request.node.name)
     assert again.start_run("trial", parent_id=parent, key="trial-0") == first
-    assert again.was_resumed(first)
+    assert client.get_run(first).data.tags[RESUMES_TAG] == "1"
     again.log_params(first, {"dense": {"epochs": 3}, "lr": 0.1})  # same values: fine
     with pytest.raises(BenchError, match=r"dense\.epochs.*'3'.*'4'"):
         again.log_params(first, {"dense": {"epochs": 4}})
@@ -173,7 +180,6 @@ def test_resume_unfinished_run_by_key(store: tuple[Path, str], request: pytest.F
     # A crash recorded as KILLED (or FAILED) is resumed too, and set RUNNING again.
     again.end_run(first, "KILLED")
     assert again.start_run("trial", parent_id=parent, key="trial-0") == first
-    client = MlflowClient(tracking_uri=store[1])
     run = client.get_run(first)
     assert run.info.status == "RUNNING"
     assert run.data.tags[RESUMES_TAG] == "2"
@@ -187,7 +193,7 @@ def test_resume_unfinished_run_by_key(store: tuple[Path, str], request: pytest.F
     tracker.end_run(first)
     assert tracker.find_finished("trial-0", parent_id=parent) == first
     repeat = tracker.start_run("trial", parent_id=parent, key="trial-0")
-    assert repeat != first and not tracker.was_resumed(repeat)
+    assert repeat != first and RESUMES_TAG not in client.get_run(repeat).data.tags
     assert len(_children(client, tracker.experiment_id, parent)) == 2
     with pytest.raises(ValueError, match="end status"):
         tracker.end_run(repeat, "DONE")  # type: ignore[arg-type]
@@ -218,6 +224,72 @@ def test_bad_uri_is_a_bench_error(uri: str) -> None:
     with pytest.raises(BenchError, match=re.escape(uri)) as info:
         Tracker(uri, "e")
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- the reader (store)
+
+
+def test_search_follows_pagination(
+    store: tuple[Path, str], request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = _tracker(store, request)
+    parent = tracker.start_run("parent", key="p")
+    nested = {tracker.start_run(f"c{i}", parent_id=parent, key=f"c{i}") for i in range(5)}
+    monkeypatch.setattr(store_module, "PAGE_SIZE", 2)  # 5 children: three pages
+    reader = Store.open(store[1])
+    assert {r.info.run_id for r in reader.children(parent)} == nested
+    assert {r.info.run_id for r in reader.expand(parent)} == nested
+    everything = reader.search([reader.experiment(request.node.name).experiment_id])
+    assert len(everything) == 6
+    assert tracker.find_finished("c4", parent_id=parent) is None  # the writer's look-ups page too
+    tracker.end_run(sorted(nested)[0])
+
+
+def test_reader_errors_are_one_line(store: tuple[Path, str], tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    with pytest.raises(BenchError, match=r"no MLflow store at .* \(file missing\)"):
+        Store.open(missing)
+    assert not (tmp_path / "none.db").exists()  # reading never creates a store
+    reader = Store.open(store[1])
+    with pytest.raises(BenchError, match=r"no MLflow experiment 'nope' at .*; experiments: "):
+        reader.experiment("nope")
+    with pytest.raises(BenchError, match="no MLflow run '0123abcd'"):
+        reader.get_run("0123abcd")
+    for uri in ("bogus://nowhere", "http://127.0.0.1:9"):
+        with pytest.raises(BenchError, match=re.escape(uri)) as info:
+            Store.open(uri)
+        assert "\n" not in str(info.value)
+
+
+def test_parent_tag_is_mlflows_own() -> None:
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    assert PARENT_TAG == MLFLOW_PARENT_RUN_ID
+
+
+# ----------------------------------------------------------------------------------- result record
+
+
+def test_result_row_round_trip_and_logged_fields() -> None:
+    latency = {"median_ms": 1.5, "iqr_ms": 0.1, "batch_size": 8, "device": "cpu", "timer": "perf_counter"}
+    result = Result("l1", 0, 0.9, 0.91, 100, 200, 0.92, 150, 400, train_epochs=5, latency=latency, run_id="r")
+    row = result.to_row()
+    assert list(row) == [
+        "method", "seed", "test_acc", "best_val_acc", "params", "macs", "dense_test_acc", "dense_params",
+        "dense_macs", "acc_change", "params_reduction", "flops_reduction", "latency_median_ms", "latency_iqr_ms",
+        "latency_batch_size", "latency_device", "latency_timer", "train_epochs", "run_id",
+    ]  # fmt: skip
+    assert (
+        row["acc_change"] == 0.9 - 0.92 and row["params_reduction"] == 1 - 100 / 150 and row["flops_reduction"] == 0.5
+    )
+    assert Result.from_row(row) == result and Result.from_row(row).to_row() == row
+    dense = Result("dense", 1, 0.92, 0.93, 150, 400, 0.92, 150, 400)
+    assert list(dense.to_row())[-1] == "flops_reduction" and Result.from_row(dense.to_row()) == dense
+    assert result.text_tags() == {
+        "bench.method": "l1", "bench.latency_device": "cpu", "bench.latency_timer": "perf_counter"
+    }  # fmt: skip
+    assert set(result.metrics()) == set(row) - {"method", "run_id", "latency_device", "latency_timer"}
+    assert all(isinstance(v, float) for v in result.metrics().values())
 
 
 # ------------------------------------------------------------------------------------ provenance
@@ -334,7 +406,7 @@ def test_server_roundtrip(mlflow_server: tuple[str, Path], tmp_path: Path) -> No
         "conv1": 0.5
     }
     assert list((root / "art").rglob("model.txt")), "the server stored the artifact under --artifacts-destination"
-    assert tracker.runs(parent)["run_id"].tolist() == [child]
+    assert [r.info.run_id for r in Store.open(url).children(parent)] == [child]
 
 
 @pytest.mark.server
