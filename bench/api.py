@@ -4,12 +4,31 @@ training toward sparsity. The harness owns data, the loop, surgery, fine-tuning 
 Write a method by subclassing :class:`Method` and registering it in the ``bench.methods``
 entry-point group of your package (see README). ``bench.testing.check_method`` runs the
 conformance kit on it.
+
+This module is the whole public plugin surface (``__all__``): a plugin imports from ``bench.api``
+and ``bench.errors`` only, never from another plugin or another bench module (tests/test_layering.py
+checks it). Besides the interface itself it re-exports:
+
+- the prunable-unit model (:class:`PrunableUnit`, :func:`module_by_name`) and :class:`PruningPlan`;
+- the schedule and pruning-rule configs (:class:`Schedule`, :class:`PruneConfig`), for hooks that
+  receive them;
+- the shared channel scorers of :mod:`bench.importance` (filter L1, BN gamma, group norms, out-in
+  energy, per-layer normalisers);
+- the allocation building blocks a method's :meth:`Method.allocate` composes (the FLOPs cost model,
+  the global greedy, ``round_target`` of iterative pruning, ``backend_of``);
+- model knowledge a regulariser needs (:func:`feature_modules`: where a model's features are) and the
+  fused feature-flow kernels of :mod:`bench.flow` (ffr's length and curvature terms).
+
+Names from modules above the lower layer (``bench.pruning``, ``bench.models``, ``bench.flow``) are
+resolved lazily (:func:`__getattr__`, listed in ``_LAZY``): those modules may import this one, and
+neither import order then makes a cycle.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -17,13 +36,105 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from bench.allocation import (
+    CostModel,
+    TargetUnreachable,
+    by_flops_target,
+    candidates,
+    counts_after,
+    plan_from_counts,
+)
+from bench.config import PruneConfig, Schedule
 from bench.errors import BenchError, closest
+from bench.importance import (
+    BN_TYPES,
+    ENERGY_NORMALIZATIONS,
+    FILTER_NORMALIZATIONS,
+    GROUP_NORMALIZATIONS,
+    Scores,
+    batchnorms,
+    bn_gamma,
+    channel_sq,
+    filter_l1,
+    filter_sq,
+    group_l2,
+    group_norm,
+    layer_mean,
+    layer_share,
+    member_sq,
+    out_in_energy,
+    out_in_sq,
+    unit_bn,
+)
 from bench.plan import PruningPlan
-from bench.units import PrunableUnit
+from bench.surgery import backend_of
+from bench.units import PrunableUnit, module_by_name
 
 if TYPE_CHECKING:
-    from bench.config import PruneConfig, Schedule
     from bench.datasets import DatasetSplits
+    from bench.flow import KERNELS, FlowEngine, align_to, fused_terms
+    from bench.models import feature_modules
+    from bench.pruning import round_target
+
+__all__ = [  # noqa: RUF022 (grouped by purpose, sorted within each group)
+    # the interface
+    "Context",
+    "Inherited",
+    "Method",
+    "NoConfig",
+    "Phase",
+    "Start",
+    "config_from_params",
+    # what it talks about
+    "PruneConfig",
+    "PrunableUnit",
+    "PruningPlan",
+    "Schedule",
+    "module_by_name",
+    # shared scorers (bench.importance)
+    "BN_TYPES",
+    "ENERGY_NORMALIZATIONS",
+    "FILTER_NORMALIZATIONS",
+    "GROUP_NORMALIZATIONS",
+    "Scores",
+    "batchnorms",
+    "bn_gamma",
+    "channel_sq",
+    "filter_l1",
+    "filter_sq",
+    "group_l2",
+    "group_norm",
+    "layer_mean",
+    "layer_share",
+    "member_sq",
+    "out_in_energy",
+    "out_in_sq",
+    "unit_bn",
+    # allocation building blocks for Method.allocate
+    "CostModel",
+    "TargetUnreachable",
+    "backend_of",
+    "by_flops_target",
+    "candidates",
+    "counts_after",
+    "plan_from_counts",
+    "round_target",
+    # model knowledge and fused kernels for feature regularisers
+    "KERNELS",
+    "FlowEngine",
+    "align_to",
+    "feature_modules",
+    "fused_terms",
+]
+
+_LAZY = {  # name -> the module above this one that defines it (see the module docs)
+    "round_target": "bench.pruning",
+    "feature_modules": "bench.models",
+    "KERNELS": "bench.flow",
+    "FlowEngine": "bench.flow",
+    "align_to": "bench.flow",
+    "fused_terms": "bench.flow",
+}
 
 Phase = Literal["sparsity", "finetune", "prune", "train"]  # "train": an inherited architecture's training
 Start = Literal["dense", "scratch"]
@@ -204,3 +315,10 @@ def config_from_params(config_cls: type, params: Mapping[str, Any], method: str)
         return config_cls(**params)
     except (TypeError, ValueError) as exc:
         raise BenchError(f"bad parameters for method '{method}': {exc}") from exc
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy re-exports from modules above this one in the import graph (``_LAZY``, module docs)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,9 @@ Where the data comes from (recorded in ``DatasetSplits.source``):
 Decoded image files are cached under ``cache_dir`` (one ``.pt`` per source split), so a second
 build takes seconds. The validation split is always carved from the FULL training split with a
 seeded permutation, so it does not depend on ``train_limit`` or ``test_limit``.
+
+Why this module is long: four on-disk formats (official pickles, image folders, Tiny ImageNet's
+layout, torchvision downloads) share one split protocol and one decoded-image cache.
 """
 
 from __future__ import annotations

@@ -33,3 +33,8 @@ def first_line(exc: BaseException) -> str:
     (driver and library errors put the useful part first and a traceback-like tail after)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class EarlyStop(Exception):
+    """Raised from an epoch callback to end a method run early on purpose (a pruned sweep trial):
+    its MLflow run ends KILLED with the reason, not FAILED. Torch-free, so sweeps can subclass it."""

@@ -2,7 +2,17 @@
 its prunable units and returns one detached score tensor per unit (``{unit.name: (channels,)}``).
 
 Plugins combine these instead of importing each other: l1 and ffr share the filter L1 norm, slim and
-ffr the BN scale. Every function here is public plugin surface (re-exported by ``bench.api``).
+ffr the BN scale, group_lasso and oicsr the per-channel group sums of squares. Every public name here
+is plugin surface (re-exported by ``bench.api``).
+
+Three layers of helpers, lowest first:
+
+- per-layer normalisers of a score vector (:func:`layer_mean`, :func:`layer_share`), because a global
+  allocation rule compares scores across layers whose weight scales differ;
+- per-channel weight statistics of one unit that keep the autograd graph, so regularisers use them
+  too (:func:`member_sq`, :func:`out_in_sq`, :func:`group_norm`);
+- scorers ``(model, units) -> Scores`` (:func:`filter_l1`, :func:`group_l2`, :func:`out_in_energy`,
+  :func:`bn_gamma`).
 """
 
 from __future__ import annotations
@@ -13,10 +23,37 @@ from torch import nn
 from bench.errors import BenchError
 from bench.units import PrunableUnit, module_by_name
 
+__all__ = [
+    "BN_TYPES",
+    "ENERGY_NORMALIZATIONS",
+    "FILTER_NORMALIZATIONS",
+    "GROUP_NORMALIZATIONS",
+    "Scores",
+    "batchnorms",
+    "bn_gamma",
+    "channel_sq",
+    "filter_l1",
+    "filter_sq",
+    "group_l2",
+    "group_norm",
+    "layer_mean",
+    "layer_share",
+    "member_sq",
+    "out_in_energy",
+    "out_in_sq",
+    "unit_bn",
+]
+
 BN_TYPES = (nn.BatchNorm2d,)
-FILTER_NORMALIZATIONS = ("layer_mean", "per_weight", "none")
+FILTER_NORMALIZATIONS = ("layer_mean", "per_weight", "none")  # filter_l1
+GROUP_NORMALIZATIONS = ("layer_mean", "none")  # group_l2
+ENERGY_NORMALIZATIONS = ("layer_share", "layer_mean")  # out_in_energy
+SQ_FLOOR = 1e-12  # a group norm is sqrt(max(sum of squares, this)): finite gradient at an all-zero group
 
 Scores = dict[str, torch.Tensor]
+
+
+# --- per-layer normalisers ---------------------------------------------------------------------
 
 
 def layer_mean(scores: torch.Tensor) -> torch.Tensor:
@@ -25,11 +62,23 @@ def layer_mean(scores: torch.Tensor) -> torch.Tensor:
     return scores / scores.mean().clamp_min(torch.finfo(scores.dtype).tiny)
 
 
+def layer_share(scores: torch.Tensor) -> torch.Tensor:
+    """``scores / scores.sum()``: the layer's scores sum to 1 (an all-zero layer stays zero)."""
+    return scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)
+
+
+def _check_normalize(normalize: str, valid: tuple[str, ...]) -> None:
+    if normalize not in valid:
+        raise BenchError(f"normalize must be one of {', '.join(valid)}, got '{normalize}'")
+
+
+# --- filter L1 (Li et al. 2017) -------------------------------------------------------------------
+
+
 def filter_l1(model: nn.Module, units: list[PrunableUnit], normalize: str = "layer_mean") -> Scores:
     """L1 norm of each output filter of the unit's producer conv (Li et al., ICLR 2017), scaled for a
     global comparison: by the layer's mean filter norm, by the filter's number of weights, or not."""
-    if normalize not in FILTER_NORMALIZATIONS:
-        raise BenchError(f"normalize must be one of {', '.join(FILTER_NORMALIZATIONS)}, got '{normalize}'")
+    _check_normalize(normalize, FILTER_NORMALIZATIONS)
     return {
         unit.name: _normalized_l1(module_by_name(model, unit.producer).weight.detach(), normalize) for unit in units
     }
@@ -42,6 +91,9 @@ def _normalized_l1(weight: torch.Tensor, normalize: str) -> torch.Tensor:
     if normalize == "per_weight":
         return norms / weight[0].numel()
     return norms
+
+
+# --- BN scale (network slimming, Liu et al. 2017) ----------------------------------------------------
 
 
 def unit_bn(model: nn.Module, unit: PrunableUnit, needed_by: str = "this scorer") -> nn.BatchNorm2d:
@@ -62,3 +114,85 @@ def bn_gamma(model: nn.Module, units: list[PrunableUnit], needed_by: str = "this
 def batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
     """Every affine BatchNorm2d of the model, in module order."""
     return [m for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
+
+
+# --- group sums of squares (SSL, Wen et al. 2016; OICSR, Li et al. 2019) -----------------------------
+
+
+def group_norm(sum_sq: torch.Tensor) -> torch.Tensor:
+    """L2 norm from a sum of squares, with a gradient that stays finite when a group is all zero
+    (an all-zero group has norm sqrt(SQ_FLOOR) = 1e-6, not 0)."""
+    return sum_sq.clamp_min(SQ_FLOOR).sqrt()
+
+
+def filter_sq(weight: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of each output filter W[n, ...]: shape (out_channels,). Keeps the graph."""
+    return weight.pow(2).flatten(1).sum(1)
+
+
+def channel_sq(weight: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of each input channel W[:, c, ...]: shape (in_channels,). Keeps the graph."""
+    return weight.pow(2).transpose(0, 1).flatten(1).sum(1)
+
+
+def member_sq(model: nn.Module, unit: PrunableUnit, side: str) -> list[torch.Tensor]:
+    """For each conv/linear member of ``unit`` on ``side``, the sum of squares of the weights that
+    go with each of the unit's channels (one (channels,) tensor per member; BN members carry no
+    weights of a filter and are skipped). ``"out"``: the filters W[i, ...] (the producer conv).
+    ``"in"``: the input slices W[:, i, ...] of each consumer. A linear consumer after a flatten gives
+    ``in_features / channels`` consecutive features per channel. Depthwise convs are counted on their
+    out side only. Keeps the graph, so regularisers differentiate through it."""
+    sums = []
+    for name in unit.modules(side):
+        sq = _member_sq(module_by_name(model, name), name, unit, side)
+        if sq is None:
+            continue
+        if sq.numel() != unit.channels:
+            raise BenchError(f"'{name}' has {sq.numel()} {side}put channels, unit '{unit.name}' has {unit.channels}")
+        sums.append(sq)
+    if side == "out" and not sums:
+        raise BenchError(f"unit '{unit.name}' has no conv or linear producing its channels")
+    return sums
+
+
+def _member_sq(module: nn.Module, name: str, unit: PrunableUnit, side: str) -> torch.Tensor | None:
+    """One member's per-channel sum of squares, or None for a member without such weights."""
+    if not isinstance(module, nn.Conv2d | nn.Linear):
+        return None
+    if side == "out":
+        return filter_sq(module.weight)
+    if isinstance(module, nn.Linear):
+        if module.in_features % unit.channels:
+            raise BenchError(
+                f"linear '{name}' has {module.in_features} inputs, not a multiple of unit "
+                f"'{unit.name}''s {unit.channels} channels"
+            )
+        return module.weight.pow(2).sum(0).view(unit.channels, -1).sum(1)
+    return channel_sq(module.weight) if module.groups == 1 else None
+
+
+def out_in_sq(model: nn.Module, unit: PrunableUnit) -> torch.Tensor:
+    """Per channel i of ``unit``: ||W_l[i]||^2 + sum over consumers ||W_{l+1}[:, i]||^2, the out-in
+    energy of OICSR's group (keeps the graph)."""
+    return sum(member_sq(model, unit, "out") + member_sq(model, unit, "in"))
+
+
+def group_l2(model: nn.Module, units: list[PrunableUnit], normalize: str = "layer_mean") -> Scores:
+    """L2 norm of each channel's filter group (every conv/linear producing it: SSL's filter-wise
+    groups), as float32, divided by the layer's mean norm (``"layer_mean"``) or raw (``"none"``)."""
+    _check_normalize(normalize, GROUP_NORMALIZATIONS)
+    scores = {}
+    with torch.no_grad():
+        for unit in units:
+            norms = group_norm(sum(member_sq(model, unit, "out"))).float()
+            scores[unit.name] = layer_mean(norms) if normalize == "layer_mean" else norms
+    return scores
+
+
+def out_in_energy(model: nn.Module, units: list[PrunableUnit], normalize: str = "layer_share") -> Scores:
+    """OICSR's importance: each channel's out-in energy (:func:`out_in_sq`), as float32, divided by the
+    layer's total (``"layer_share"``: a unit's scores sum to 1) or by its mean (``"layer_mean"``)."""
+    _check_normalize(normalize, ENERGY_NORMALIZATIONS)
+    scale = layer_mean if normalize == "layer_mean" else layer_share
+    with torch.no_grad():
+        return {unit.name: scale(out_in_sq(model, unit).float()) for unit in units}

@@ -119,32 +119,31 @@ def run_pipeline(cls: type[Method], model_name: str, target: float, seed: int) -
     )
     method.setup(model, ctx)
     if cls.sparsity_training:
-        ctx.phase = "sparsity"
-        fit(
-            model,
-            data,
-            Schedule(epochs=1, batch_size=32, lr=0.01),
-            Runtime(torch.device("cpu"), progress=False, epoch_lines=False),
-            seed=seed,
-            method=method,
-            ctx=ctx,
-        )
-    ctx.phase = "prune"
-    model.eval()
-    scores = method.importance(model, ctx)
-    check_scores(cls.name, scores, ctx)
-    plan = method.allocate(model, scores, ctx) or default_plan(
-        prune,
-        model_name,
-        model,
-        ctx.units,
-        scores,
-        backend=surgery.backend_of(model),
-        input_size=data.input_size,
-    )
+        sparsity_epoch(model, method, ctx)
+    plan = prune_once(model, method, ctx)
     surgery.apply(model, plan, data.input_size)
     check_forward_backward(cls.name, model, data)
     return Outcome(plan, dense_cost, measure.cost(model, data.input_size), model)
+
+
+def sparsity_epoch(model: nn.Module, method: Method, ctx: Context) -> None:
+    """One short sparsity phase (batch 32, lr 0.01) on ``ctx.data``, with every training hook."""
+    ctx.phase = "sparsity"
+    schedule = Schedule(epochs=1, batch_size=32, lr=0.01)
+    runtime = Runtime(torch.device("cpu"), progress=False, epoch_lines=False)
+    fit(model, ctx.data, schedule, runtime, seed=ctx.seed, method=method, ctx=ctx)
+
+
+def prune_once(model: nn.Module, method: Method, ctx: Context) -> PruningPlan:
+    """Score the channels (checked), then the method's plan or the harness's rule for ``ctx.prune``."""
+    ctx.phase = "prune"
+    model.eval()
+    scores = method.importance(model, ctx)
+    check_scores(method.name, scores, ctx)
+    backend = surgery.backend_of(model)
+    return method.allocate(model, scores, ctx) or default_plan(
+        ctx.prune, ctx.model_name, model, ctx.units, scores, backend=backend, input_size=ctx.input_size
+    )
 
 
 def check_inherited(cls: type[Method], model_name: str, target: float, seed: int) -> None:

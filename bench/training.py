@@ -6,6 +6,9 @@ correct counts accumulate on the device and are read once per epoch). Tensors ar
 and on CUDA the step runs under bf16 autocast. Each epoch ends with an evaluation on val and test (test is
 logged, never used for selection) and an atomic checkpoint, so a killed run resumes from the last
 completed epoch. The returned model holds the weights of the best-validation epoch.
+
+Why this module is long: the loop, its optimizer and schedule, the checkpoint/resume of every RNG
+and the evaluation are one protocol; split apart, each piece would need the others' invariants.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Chosen here (not read):
   examples/ssl) use 2e-4 to 1.2e-3 filter-wise and 8e-4 channel-wise. We take the middle of that
   range for each kind, and both kinds act on the same channel.
 - Importance: the filter group's L2 norm divided by its layer's mean filter norm
-  (``normalize="layer_mean"``, default, ``methods.l1.layer_mean``); ``"none"`` keeps raw norms.
+  (``normalize="layer_mean"``, default, ``bench.api.group_l2``); ``"none"`` keeps raw norms.
   Measured on resnet20 with a global threshold at a 50% FLOPs target: raw norms leave
   layer2.0.conv1 with 1 of 32 channels and layer3.0.conv1 with 1 of 64. That happens at init,
   after 600 SGD steps at the default lambdas, and after 600 steps without the regulariser alike
@@ -46,14 +46,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method
-from bench.errors import BenchError
-from bench.units import PrunableUnit, module_by_name
-from methods.l1 import layer_mean
+from bench.api import GROUP_NORMALIZATIONS, Context, Method, channel_sq, filter_sq, group_l2, group_norm, member_sq
 
 SCOPES = ("units", "all")
-NORMALIZATIONS = ("layer_mean", "none")
-_SQ_FLOOR = 1e-12  # a group norm is sqrt(max(sum of squares, this)): finite gradient at an all-zero group
+NORMALIZATIONS = GROUP_NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -87,13 +83,7 @@ class GroupLasso(Method):
 
     def regularization(self, model: nn.Module, features: list[torch.Tensor], ctx: Context) -> torch.Tensor | None:
         cfg = self.config
-        if cfg.scope == "all":
-            convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-            filters = [_filter_sq(conv.weight) for conv in convs]
-            channels = [_channel_sq(conv.weight) for conv in convs if conv.groups == 1]
-        else:
-            filters = [sq for unit in ctx.units for sq in member_sq(model, unit, "out")]
-            channels = [sq for unit in ctx.units for sq in member_sq(model, unit, "in")]
+        filters, channels = self.groups(model, ctx)
         total = torch.zeros((), device=next(model.parameters()).device)
         if cfg.lambda_filter:
             total = total + cfg.lambda_filter * sum(group_norm(sq).sum() for sq in filters)
@@ -101,67 +91,20 @@ class GroupLasso(Method):
             total = total + cfg.lambda_channel * sum(group_norm(sq).sum() for sq in channels)
         return total
 
+    def groups(self, model: nn.Module, ctx: Context) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-group sums of squares (graph kept): the filter groups and the channel groups of ``scope``."""
+        if self.config.scope == "all":
+            convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+            filters = [filter_sq(conv.weight) for conv in convs]
+            return filters, [channel_sq(conv.weight) for conv in convs if conv.groups == 1]
+        filters = [sq for unit in ctx.units for sq in member_sq(model, unit, "out")]
+        return filters, [sq for unit in ctx.units for sq in member_sq(model, unit, "in")]
+
     def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
-        scores = {}
-        with torch.no_grad():
-            for unit in ctx.units:
-                norms = group_norm(sum(member_sq(model, unit, "out"))).float()
-                scores[unit.name] = layer_mean(norms) if self.config.normalize == "layer_mean" else norms
-        return scores
+        return group_l2(model, ctx.units, self.config.normalize)
 
     def search_space(self, trial) -> dict:
         return {
             "lambda_filter": trial.suggest_float("lambda_filter", 1e-5, 5e-3, log=True),
             "lambda_channel": trial.suggest_float("lambda_channel", 1e-5, 5e-3, log=True),
         }
-
-
-# --- per-channel group sums of squares, shared with methods.oicsr ---------------------------------
-
-
-def group_norm(sum_sq: torch.Tensor) -> torch.Tensor:
-    """L2 norm from a sum of squares, with a gradient that stays finite when a group is all zero."""
-    return sum_sq.clamp_min(_SQ_FLOOR).sqrt()
-
-
-def _filter_sq(weight: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of each output filter W[n, ...]: shape (out_channels,)."""
-    return weight.pow(2).flatten(1).sum(1)
-
-
-def _channel_sq(weight: torch.Tensor) -> torch.Tensor:
-    """Sum of squares of each input channel W[:, c, ...]: shape (in_channels,)."""
-    return weight.pow(2).transpose(0, 1).flatten(1).sum(1)
-
-
-def member_sq(model: nn.Module, unit: PrunableUnit, side: str) -> list[torch.Tensor]:
-    """For each conv/linear member of ``unit`` on ``side``, the sum of squares of the weights that
-    go with each of the unit's channels (one (channels,) tensor per member; BN members carry no
-    weights of a filter and are skipped). ``"out"``: the filters W[i, ...] (the producer conv).
-    ``"in"``: the input slices W[:, i, ...] of each consumer. A linear consumer after a flatten gives
-    ``in_features / channels`` consecutive features per channel. Depthwise convs are counted on their
-    out side only."""
-    sums = []
-    for name in unit.modules(side):
-        module = module_by_name(model, name)
-        if not isinstance(module, nn.Conv2d | nn.Linear):
-            continue
-        if side == "out":
-            sq = _filter_sq(module.weight)
-        elif isinstance(module, nn.Linear):
-            if module.in_features % unit.channels:
-                raise BenchError(
-                    f"linear '{name}' has {module.in_features} inputs, not a multiple of unit "
-                    f"'{unit.name}''s {unit.channels} channels"
-                )
-            sq = module.weight.pow(2).sum(0).view(unit.channels, -1).sum(1)
-        elif module.groups == 1:
-            sq = _channel_sq(module.weight)
-        else:
-            continue
-        if sq.numel() != unit.channels:
-            raise BenchError(f"'{name}' has {sq.numel()} {side}put channels, unit '{unit.name}' has {unit.channels}")
-        sums.append(sq)
-    if side == "out" and not sums:
-        raise BenchError(f"unit '{unit.name}' has no conv or linear producing its channels")
-    return sums

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method
-from bench.units import module_by_name
+from bench.api import FILTER_NORMALIZATIONS, Context, Method, filter_l1
 
-NORMALIZATIONS = ("layer_mean", "per_weight", "none")
+NORMALIZATIONS = FILTER_NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -49,21 +48,7 @@ class L1Norm(Method):
     start = "dense"
 
     def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
-        return {unit.name: self._score(module_by_name(model, unit.producer).weight.detach()) for unit in ctx.units}
-
-    def _score(self, weight: torch.Tensor) -> torch.Tensor:
-        norms = weight.abs().flatten(1).sum(1)
-        if self.config.normalize == "layer_mean":
-            return layer_mean(norms)
-        if self.config.normalize == "per_weight":
-            return norms / weight[0].numel()
-        return norms
+        return filter_l1(model, ctx.units, self.config.normalize)
 
     def search_space(self, trial) -> dict:
         return {"normalize": trial.suggest_categorical("normalize", list(NORMALIZATIONS))}
-
-
-def layer_mean(scores: torch.Tensor) -> torch.Tensor:
-    """``scores / scores.mean()``: the layer's average channel scores 1, whatever the layer's width
-    or fan-in (an all-zero layer stays zero instead of dividing by zero)."""
-    return scores / scores.mean().clamp_min(torch.finfo(scores.dtype).tiny)

@@ -29,7 +29,7 @@ Chosen (the full text could not be read; METHODS.md fixed the first three):
   with the regulariser on, because the greedy iterative scheme prunes a working network and
   fine-tunes it between rounds, and a start from scratch would spend round 1 on training. Each round
   then removes the globally lowest-scoring channels until the cumulative FLOPs target for that round
-  is met (``bench.pruning.round_target``: after round r, ``target * r / rounds`` of the original
+  is met (``round_target``: after round r, ``target * r / rounds`` of the original
   MACs are gone). No unit loses more than ``max_layer_fraction=0.5`` of its current channels in
   one round, and ``prune.min_keep_fraction`` still holds. The harness fine-tunes between rounds and
   after the last.
@@ -50,18 +50,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.allocation import CostModel, TargetUnreachable, by_flops_target, candidates, counts_after, plan_from_counts
-from bench.api import Context, Method
+from bench.api import (
+    ENERGY_NORMALIZATIONS,
+    Context,
+    CostModel,
+    Method,
+    PruningPlan,
+    TargetUnreachable,
+    backend_of,
+    by_flops_target,
+    candidates,
+    counts_after,
+    group_norm,
+    out_in_energy,
+    out_in_sq,
+    plan_from_counts,
+    round_target,
+)
 from bench.errors import BenchError
-from bench.plan import PruningPlan
-from bench.pruning import round_target
-from bench.surgery import backend_of
-from bench.units import PrunableUnit
-from methods.group_lasso import group_norm, member_sq
-from methods.l1 import layer_mean
 
-NORMALIZATIONS = ("layer_share", "layer_mean")
-_FLOAT_SLACK = 1e-9  # 0.5 * 14 channels is 7, not 6.999...
+NORMALIZATIONS = ENERGY_NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -110,48 +118,24 @@ class OICSR(Method):
         return self.config.lam * sum(group_norm(out_in_sq(model, unit)).sum() for unit in ctx.units)
 
     def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
-        scores = {}
-        with torch.no_grad():
-            for unit in ctx.units:
-                energy = out_in_sq(model, unit).float()
-                if self.config.normalize == "layer_mean":
-                    scores[unit.name] = layer_mean(energy)
-                else:
-                    scores[unit.name] = energy / energy.sum().clamp_min(torch.finfo(energy.dtype).tiny)
-        return scores
+        return out_in_energy(model, ctx.units, self.config.normalize)
 
     def allocate(self, model: nn.Module, scores: dict[str, torch.Tensor], ctx: Context) -> PruningPlan | None:
         prune = ctx.prune
         if prune is None or prune.rule not in ("target_flops_reduction", "channel_fraction"):
             return None  # no run config, or a rule that fixes per-layer counts: the harness's rule
         cost = CostModel(model, ctx.units, ctx.input_size)
-        cap = self.config.max_layer_fraction
         meta: dict[str, Any] = {
             "rule": prune.rule,
             "round": ctx.round,
             "rounds": ctx.rounds,
             "allocator": "oicsr greedy",
-            "max_layer_fraction": cap,
+            "max_layer_fraction": self.config.max_layer_fraction,
         }
         if prune.rule == "target_flops_reduction":
-            target = round_target(
-                prune.target_flops_reduction, ctx.round, ctx.rounds, self._original(cost, ctx), cost.base
-            )
-            meta["round_target"] = target
-            try:
-                counts = by_flops_target(ctx.units, scores, cost, target, prune.min_keep_fraction, cap, prune.round_to)
-            except TargetUnreachable as exc:
-                needed, most = f"a MACs reduction of {target:.3f}", f"{exc.most:.3f}"
-                raise BenchError(
-                    self._unreachable(ctx, needed, most) + " or lower prune.target_flops_reduction"
-                ) from exc
+            counts = self._flops_counts(cost, scores, ctx, meta)
         else:
-            allowed = candidates(ctx.units, scores, prune.min_keep_fraction, cap)
-            share = prune.channel_fraction / ctx.rounds  # of the current channels, as the harness rule
-            k = round(share * sum(u.channels for u in ctx.units))
-            if k > len(allowed):
-                raise BenchError(self._unreachable(ctx, f"{k} channels", f"{len(allowed)} channels"))
-            counts = counts_after(ctx.units, allowed, k, prune.round_to)
+            counts = self._fraction_counts(scores, ctx)
         meta["predicted_macs"] = cost.macs(counts)
         return plan_from_counts(ctx.model_name, ctx.units, scores, counts, backend_of(model), meta)
 
@@ -170,6 +154,29 @@ class OICSR(Method):
 
     # --- helpers -----------------------------------------------------------------------------------
 
+    def _flops_counts(
+        self, cost: CostModel, scores: dict[str, torch.Tensor], ctx: Context, meta: dict[str, Any]
+    ) -> dict[str, int]:
+        """Greedy counts that meet this round's share of the FLOPs target (recorded in ``meta``)."""
+        prune, cap = ctx.prune, self.config.max_layer_fraction
+        target = round_target(prune.target_flops_reduction, ctx.round, ctx.rounds, self._original(cost, ctx), cost.base)
+        meta["round_target"] = target
+        try:
+            return by_flops_target(ctx.units, scores, cost, target, prune.min_keep_fraction, cap, prune.round_to)
+        except TargetUnreachable as exc:
+            needed, most = f"a MACs reduction of {target:.3f}", f"{exc.most:.3f}"
+            raise BenchError(self._unreachable(ctx, needed, most) + " or lower prune.target_flops_reduction") from exc
+
+    def _fraction_counts(self, scores: dict[str, torch.Tensor], ctx: Context) -> dict[str, int]:
+        """Greedy counts that remove ``channel_fraction / rounds`` of the current channels."""
+        prune = ctx.prune
+        allowed = candidates(ctx.units, scores, prune.min_keep_fraction, self.config.max_layer_fraction)
+        share = prune.channel_fraction / ctx.rounds  # of the current channels, as the harness rule
+        k = round(share * sum(u.channels for u in ctx.units))
+        if k > len(allowed):
+            raise BenchError(self._unreachable(ctx, f"{k} channels", f"{len(allowed)} channels"))
+        return counts_after(ctx.units, allowed, k, prune.round_to)
+
     def _original(self, cost: CostModel, ctx: Context) -> float:
         if self.original_macs is not None:
             return self.original_macs
@@ -183,8 +190,3 @@ class OICSR(Method):
             f"removing at most max_layer_fraction={self.config.max_layer_fraction} of every unit gives {most}; "
             f"raise method.oicsr.params.rounds (now {ctx.rounds}) or max_layer_fraction"
         )
-
-
-def out_in_sq(model: nn.Module, unit: PrunableUnit) -> torch.Tensor:
-    """Per channel i of ``unit``: ||W_l[i]||^2 + sum over consumers ||W_{l+1}[:, i]||^2 (keeps the graph)."""
-    return sum(member_sq(model, unit, "out") + member_sq(model, unit, "in"))

@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from bench.api import Context, Inherited, Method
+from bench.api import Context, Inherited, Method, Schedule
 from bench.errors import BenchError
-
-if TYPE_CHECKING:
-    from bench.config import Schedule
 
 BUDGETS = ("epochs", "flops")
 RUN_PREFIX = "run:"

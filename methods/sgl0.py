@@ -58,9 +58,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method
+from bench.api import Context, Method, layer_mean, module_by_name
 from bench.errors import BenchError
-from bench.units import module_by_name
 
 THRESHOLDS = ("hard", "soft")
 IMPORTANCES = ("U", "W")
@@ -174,13 +173,12 @@ class SparseGroupL0(Method):
         for unit in ctx.units:
             weight = module_by_name(model, unit.producer).weight.detach().float()
             w_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1)
-            w_rel = w_norms / w_norms.mean().clamp_min(torch.finfo(w_norms.dtype).tiny)
+            w_rel = layer_mean(w_norms)
             if self.config.importance == "W":
                 scores[unit.name] = w_rel.cpu()
                 continue
             u_norms = torch.linalg.vector_norm(self.prox(weight, self.u_beta).flatten(1), dim=1)
-            u_rel = u_norms / u_norms.mean().clamp_min(torch.finfo(u_norms.dtype).tiny)
-            scores[unit.name] = torch.where(u_norms > 0, u_rel, -1 / (1 + w_rel)).cpu()
+            scores[unit.name] = torch.where(u_norms > 0, layer_mean(u_norms), -1 / (1 + w_rel)).cpu()
         return scores
 
     # --- state and sweeps -------------------------------------------------------------------

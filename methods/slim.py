@@ -16,11 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method
-from bench.errors import BenchError
-from bench.units import PrunableUnit, module_by_name
-
-BN_TYPES = (nn.BatchNorm2d,)
+from bench.api import Context, Method, batchnorms, bn_gamma
 
 
 @dataclass(frozen=True)
@@ -49,29 +45,16 @@ class NetworkSlimming(Method):
             self.config = dataclasses.replace(self.config, lam=lam)
         if self.config.gamma_init is not None:
             with torch.no_grad():
-                for bn in _batchnorms(model):
+                for bn in batchnorms(model):
                     bn.weight.fill_(self.config.gamma_init)
 
     def after_backward(self, model: nn.Module, ctx: Context) -> None:
-        for bn in _batchnorms(model):
+        for bn in batchnorms(model):
             if bn.weight.grad is not None:
                 bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=self.config.lam)
 
     def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
-        return {unit.name: unit_bn(model, unit).weight.detach().abs().clone() for unit in ctx.units}
+        return bn_gamma(model, ctx.units, needed_by="slim")
 
     def search_space(self, trial) -> dict:
         return {"lam": trial.suggest_float("lam", 1e-6, 1e-3, log=True)}
-
-
-def _batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
-    return [m for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
-
-
-def unit_bn(model: nn.Module, unit: PrunableUnit) -> nn.BatchNorm2d:
-    """The BN that scales this unit's channels (the first BN among its 'out' members)."""
-    for name in unit.modules("out"):
-        module = module_by_name(model, name)
-        if isinstance(module, BN_TYPES):
-            return module
-    raise BenchError(f"slim needs a BatchNorm after '{unit.name}', and this model has none there")

@@ -48,8 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method
-from bench.units import module_by_name
+from bench.api import Context, Method, module_by_name
 
 NORMALIZERS = ("max", "mean")
 _SAMPLE_EPOCH = -1  # the epoch slot of the offspring draw in the per-event seed

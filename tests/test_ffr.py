@@ -17,18 +17,10 @@ from bench import models, registry, surgery
 from bench.api import Context
 from bench.config import Schedule
 from bench.errors import BenchError
+from bench.flow import FlowEngine
 from bench.testing import synthetic_splits
 from bench.training import EpochTrainer, FeatureCapture, Runtime, evaluate, make_optimizer, train_loader
-from methods.ffr import (
-    FeatureFlow,
-    FFRConfig,
-    FlowEngine,
-    align_to,
-    flow_curvature,
-    flow_length,
-    flow_modules,
-    flow_terms,
-)
+from methods.ffr import FeatureFlow, FFRConfig, align_to, flow_curvature, flow_length, flow_terms
 from methods.l1 import L1Norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -353,7 +345,13 @@ def test_regularization_on_real_models_reaches_the_first_conv(name: str, first_c
 
 def test_models_without_a_known_feature_flow_are_bench_errors() -> None:
     with pytest.raises(BenchError, match=r"ffr cannot find the feature flow .* timm ResNets"):
-        flow_modules(nn.Sequential(nn.Conv2d(3, 4, 3)))
+        FeatureFlow().feature_modules(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def test_a_timm_resnet_that_keeps_its_max_pool_starts_the_flow_after_it() -> None:
+    model = models.create("timm:resnet50", input_size=224)  # no stem adaptation above 64 px
+    names = FeatureFlow().feature_modules(model)
+    assert names == ["maxpool", *[f"layer{s}.{b}" for s, n in enumerate((3, 4, 6, 3), 1) for b in range(n)]]
 
 
 def test_features_come_from_the_losss_own_forward_pass_and_evaluation_keeps_none() -> None:

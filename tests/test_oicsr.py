@@ -10,10 +10,10 @@ from torch import nn
 
 from bench import models, registry, surgery
 from bench.allocation import CostModel
-from bench.api import Context
+from bench.api import Context, out_in_sq
 from bench.config import PruneConfig
 from bench.errors import BenchError
-from methods.oicsr import OICSR, OICSRConfig, out_in_sq
+from methods.oicsr import OICSR, OICSRConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.speed import format_speed, speed
+from bench.benchmarks.speed import format_speed, speed
 
 pytestmark = pytest.mark.slow
 

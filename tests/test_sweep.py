@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState, create_trial
 
 from bench.errors import BenchError
-from bench.sweep import (
+from bench.sweeps import (
     CELL,
     SLOT,
     SURPLUS,
@@ -113,7 +113,7 @@ def test_grid_cells_are_enqueued_once(tmp_path: Path) -> None:
 
 CLAIMER = """
 import json, sys
-from bench.sweep import SweepSpec, open_study
+from bench.sweeps import SweepSpec, open_study
 study = open_study(SweepSpec.from_json(open(sys.argv[1]).read()), worker=int(sys.argv[2]))
 claimed = []
 while True:
@@ -184,7 +184,7 @@ def sweep(args: list[str], work: Path, env: dict[str, str], timeout: int = 900) 
 
 
 def _study(storage: str, name: str) -> optuna.Study:
-    from bench.sweep import normalize_storage_url
+    from bench.sweeps import normalize_storage_url
 
     return optuna.load_study(study_name=name, storage=normalize_storage_url(storage))
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.errors import unknown_name
+from bench.errors import BenchError, unknown_name
+from bench.models import timm_models
 from bench.models.cifar_resnet import CifarResNet
 from bench.models.timm_models import create_timm
 from bench.models.vgg import VGG16_CFG, VGG19_CFG, CifarVGG
@@ -79,6 +80,22 @@ def create(name: str, num_classes: int = 10, input_size: int = 32) -> nn.Module:
         model = _REGISTRY[name].factory(num_classes)
     model.bench_name = name
     return model
+
+
+def feature_modules(model: nn.Module, needed_by: str = "this method") -> list[str]:
+    """Names of the modules whose outputs are the model's features x_0, x_1, ... in forward order (the
+    feature flow): each model's own ``feature_modules()`` (our CIFAR ResNets and VGGs), else timm's
+    ``feature_info`` for timm ResNets. ``needed_by`` names the method in the error for other models."""
+    if hasattr(model, "feature_modules"):
+        return list(model.feature_modules())
+    names = timm_models.feature_modules(model)
+    if names is not None:
+        return names
+    name = getattr(model, "bench_name", type(model).__name__)
+    raise BenchError(
+        f"{needed_by} cannot find the feature flow of model '{name}': it supports our CIFAR ResNets and VGGs "
+        "(resnet20/32/56/110, vgg16, vgg19) and timm ResNets (timm:resnet18, timm:resnet50, ...)"
+    )
 
 
 def reinitialize(model: nn.Module, seed: int) -> None:

@@ -8,6 +8,8 @@ model as ``bench_stem_adaptation``.
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 from bench.errors import BenchError, closest
@@ -49,3 +51,17 @@ def adapt_stem(model: nn.Module) -> str:
         model.maxpool = nn.Identity()
         changes.append("maxpool removed")
     return ", ".join(changes) or "none"
+
+
+def feature_modules(model: nn.Module) -> list[str] | None:
+    """x_0, x_1, ... of a timm ResNet: the stem's output (timm's first ``feature_info`` entry, or the
+    max-pool after it where the model keeps one, so that x_0 is what the first stage reads), then each
+    block of the stages ``feature_info`` lists after it. None for other models: their stages are not
+    all runs of blocks of one shape."""
+    resnet = sys.modules.get("timm.models.resnet")
+    if resnet is None or not isinstance(model, resnet.ResNet):
+        return None
+    stem, *stages = [info["module"] for info in model.feature_info]
+    if isinstance(model.maxpool, nn.MaxPool2d):
+        stem = "maxpool"
+    return [stem, *[f"{stage}.{block}" for stage in stages for block, _ in model.get_submodule(stage).named_children()]]

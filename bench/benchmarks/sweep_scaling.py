@@ -23,7 +23,8 @@ from typing import Any
 import optuna
 
 from bench import config as configmod
-from bench import sweep
+from bench import sweeps
+from bench.config import RunConfig
 from bench.errors import BenchError
 
 TINY = {
@@ -48,37 +49,43 @@ def worker_scaling(
     with tempfile.TemporaryDirectory(prefix="bench-sweep-bench-") as tmp:
         layer = {**TINY, "data": {**TINY["data"], "root": data_dir}, "results_dir": str(Path(tmp) / "results")}
         cfg = configmod.resolve("smoke", None, layer, [])
-        rows = []
-        for count in counts:
-            spec = sweep.SweepSpec(
-                study=f"workers-{count}",
-                storage=sweep.default_storage(Path(tmp) / "results"),
-                kind="grid",
-                base=cfg.to_dict(),
-                trials=len(cells),
-                threads=threads or max(1, cores // count),
-            )
-            spec = sweep.prepare_sweep(spec, cells, say=lambda _line: None)
-            sweep.warm_baselines(spec, cells, say=lambda _line: None)
-            spec_file = sweep.write_spec(spec)
-            logs = Path(tmp) / f"logs-{count}"
-            logs.mkdir(exist_ok=True)
-            launched, start = time.time(), time.perf_counter()
-            codes = sweep.wait_for(sweep.start_workers(spec_file, count, log_dir=logs), say=print)
-            seconds = time.perf_counter() - start
-            complete = sweep.open_study(spec).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            if any(codes) or len(complete) != len(cells):
-                tails = "\n".join(f.read_text()[-1500:] for f in sorted(logs.glob("*.log")))
-                raise BenchError(
-                    f"{count} worker(s): exit codes {codes}, {len(complete)} of {len(cells)} trials complete; "
-                    f"the workers' output ends:\n{tails}"
-                )
-            rows.append(_row(count, spec.threads, seconds, launched, complete))
+        rows = [
+            _time_workers(cfg, cells, count, threads or sweeps.threads_per_worker(count), Path(tmp)) for count in counts
+        ]
     for row in rows:
         row["ratio"] = row["trials_per_minute"] / rows[0]["trials_per_minute"]
         row["steady_ratio"] = row["steady_trials_per_minute"] / rows[0]["steady_trials_per_minute"]
     return {"trials": len(cells), "cores": cores, "trial": dataclasses.asdict(cfg.finetune) | {"data": TINY["data"]},
             "rows": rows, "target_ratio_2_over_1": 1.7}  # fmt: skip
+
+
+def _time_workers(cfg: RunConfig, cells: list[dict[str, Any]], count: int, threads: int, tmp: Path) -> dict[str, Any]:
+    """The grid of ``cells`` as its own study, run by ``count`` local workers of ``threads`` threads
+    each; only the worker phase is timed (the baseline is warmed beforehand)."""
+    spec = sweeps.SweepSpec(
+        study=f"workers-{count}",
+        storage=sweeps.default_storage(tmp / "results"),
+        kind="grid",
+        base=cfg.to_dict(),
+        trials=len(cells),
+        threads=threads,
+    )
+    spec = sweeps.prepare_sweep(spec, cells, say=lambda _line: None)
+    sweeps.warm_baselines(spec, cells, say=lambda _line: None)
+    spec_file = sweeps.write_spec(spec)
+    logs = tmp / f"logs-{count}"
+    logs.mkdir(exist_ok=True)
+    launched, start = time.time(), time.perf_counter()
+    codes = sweeps.wait_for(sweeps.start_workers(spec_file, count, log_dir=logs), say=print)
+    seconds = time.perf_counter() - start
+    complete = sweeps.open_study(spec).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    if any(codes) or len(complete) != len(cells):
+        tails = "\n".join(f.read_text()[-1500:] for f in sorted(logs.glob("*.log")))
+        raise BenchError(
+            f"{count} worker(s): exit codes {codes}, {len(complete)} of {len(cells)} trials complete; "
+            f"the workers' output ends:\n{tails}"
+        )
+    return _row(count, spec.threads, seconds, launched, complete)
 
 
 def _row(workers: int, threads: int, seconds: float, launched: float, trials: list) -> dict[str, Any]:

@@ -10,7 +10,7 @@
     (GPU target: ours >= 4x its images/s).
 (c) Inference latency of the dense model and of pruned ones (Li et al.'s named l1 plans for the
     model, and 50% FLOPs plans of l1 and ffr, also with ``prune.round_to=8``) at batch 1 and 64:
-    see ``bench.latency``.
+    see ``bench.benchmarks.latency``.
 (b) Data pipeline: our batched uint8 augmentation (``BatchLoader``) against torchvision
     ``ImageFolder`` + ``DataLoader`` with the standard per-image transforms (RandomCrop(32, 4),
     RandomHorizontalFlip, ToTensor, Normalize), in images/s (target >= 10x). A torchvision
@@ -39,10 +39,11 @@ from torch import nn
 from bench import datasets, models, provenance, registry, surgery
 from bench.api import Context, Method
 from bench.augment import normalize
+from bench.benchmarks.latency import format_latency, latency_comparison
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
 from bench.errors import BenchError
-from bench.latency import format_latency, latency_comparison
+from bench.flow import kernel_status
 from bench.paths import prepare_results_dir
 from bench.training import EpochTrainer, Runtime, make_optimizer, resolve_device, seed_everything, train_loader
 
@@ -326,6 +327,7 @@ def ffr_overhead_comparison(
         for trainer in trainers.values():
             trainer.close()
     ms = {name: statistics.median(t) / len(trainers["plain"].loader) * 1e3 for name, t in times.items()}
+    kernel = kernel_status(methods["ffr"])
     return {
         "model": model_name,
         "batch_size": batch_size,
@@ -333,8 +335,8 @@ def ffr_overhead_comparison(
         "repeats": repeats,
         "memory_format": "channels_last" if runtime.channels_last else "contiguous",
         "ffr_params": {**methods["ffr"].config_dict(), "kernel": "auto"},
-        "ffr_kernel": methods["ffr"].engine.status,
-        "ffr_compile_after_steps": methods["ffr"].engine.compile_after,
+        "ffr_kernel": kernel.kernel,
+        "ffr_compile_after_steps": kernel.compile_after,
         "ffr_ms_per_step": ms["ffr"],
         "ffr_eager_ms_per_step": ms["ffr_eager"],
         "plain_ms_per_step": ms["plain"],

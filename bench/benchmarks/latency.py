@@ -25,8 +25,8 @@ from torch import nn
 
 from bench import measure, models, named_plans, registry, surgery
 from bench.api import Context
+from bench.benchmarks.profile import apply_named_plan
 from bench.config import PruneConfig
-from bench.profile import apply_named_plan
 from bench.pruning import default_plan
 
 BATCH_SIZES = (1, 64)

@@ -1,0 +1,129 @@
+"""The dense baseline: trained once per (config, seed) and cached under ``results/baselines/<key>``.
+
+The key hashes everything that determines the trained weights (model, data, schedule, seed,
+determinism, device type, AMP, torch version), so a second run with other methods reuses it and
+says so. ``meta.json`` is written last and marks the cache entry complete; concurrent processes
+that share the results dir take a file lock, so the baseline is trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import measure, models
+from bench.atomic import atomic_write_text
+from bench.checkpoint import atomic_save, load
+from bench.config import stable_hash
+from bench.paths import exclusive_lock
+from bench.run_log import latency_of, log_finished, log_history, log_sparsity
+from bench.schema import DENSE, Result, Tag
+from bench.session import Session
+from bench.training import fit, seed_everything
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A trained dense model for one seed: its weights and its result record (the reference row)."""
+
+    state: dict[str, torch.Tensor]
+    result: Result
+
+
+def baseline_key(session: Session, seed: int) -> str:
+    """Hash of everything that determines the dense baseline."""
+    cfg, data, runtime = session.cfg, session.data, session.runtime
+    return stable_hash(
+        {
+            "model": cfg.model,
+            "num_classes": data.num_classes,
+            "input_size": data.input_size,
+            "data": {**cfg.to_dict()["data"], "root": None, "source": data.source},
+            "schedule": cfg.to_dict()["dense"],
+            "seed": seed,
+            "deterministic": cfg.deterministic,
+            "device": runtime.device.type,
+            "amp": runtime.amp and runtime.device.type == "cuda",
+            "torch": torch.__version__.split("+")[0],
+        }
+    )
+
+
+def dense_baseline(session: Session, seed: int, *, log_run: bool = True) -> Baseline:
+    """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run (once per
+    parent) unless ``log_run`` is False. Concurrent processes sharing the results dir train it once."""
+    key = baseline_key(session, seed)
+    folder = session.paths.baselines / key
+    run_id = _start_dense_run(session, seed, key) if log_run else None
+    with exclusive_lock(folder / ".lock"):
+        reused = (folder / "meta.json").exists()
+        if reused:
+            session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
+        else:
+            _train(session, seed, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    state = load(folder / "model.pt")
+    model = models.create(session.cfg.model, session.data.num_classes, session.data.input_size)
+    model.load_state_dict(state)
+    result = _dense_result(seed, meta, latency_of(session, model))  # latency: this machine, never cached
+    if run_id is not None:
+        log_sparsity(session, run_id, model)
+        log_history(session, run_id, meta["history"])
+        log_finished(session, run_id, result, {Tag.BASELINE_REUSED: str(reused).lower()}, [folder / "model.pt"])
+    return Baseline(state, result)
+
+
+def _start_dense_run(session: Session, seed: int, key: str) -> str | None:
+    """The dense child run of this parent, unless a finished one exists already (a resumed run)."""
+    run_key = f"{session.parent_id}/{DENSE}/s{seed}"
+    if session.tracker.find_finished(run_key, parent_id=session.parent_id) is not None:
+        return None
+    tags = {Tag.METHOD: DENSE, Tag.SEED: str(seed), Tag.BASELINE_KEY: key}
+    return session.tracker.start_run(f"dense seed {seed}", parent_id=session.parent_id, key=run_key, tags=tags)
+
+
+def _dense_result(seed: int, meta: dict[str, Any], latency: dict[str, Any]) -> Result:
+    """The dense row: its own reference, so its changes and reductions are zero."""
+    return Result(
+        method=DENSE,
+        seed=seed,
+        test_acc=meta["test_acc"],
+        best_val_acc=meta["best_val_acc"],
+        params=meta["params"],
+        macs=meta["macs"],
+        dense_test_acc=meta["test_acc"],
+        dense_params=meta["params"],
+        dense_macs=meta["macs"],
+        train_epochs=len(meta["history"]),
+        latency=latency,
+    )
+
+
+def _train(session: Session, seed: int, folder: Path) -> None:
+    cfg, data = session.cfg, session.data
+    session.say(f"dense baseline seed {seed}: training {cfg.dense.epochs} epochs -> {folder}")
+    seed_everything(seed, cfg.deterministic)
+    model = models.create(cfg.model, data.num_classes, data.input_size)
+    result = fit(
+        model, data, cfg.dense, session.runtime, seed=seed, checkpoint=folder / "train.ckpt", desc=f"dense s{seed}"
+    )
+    cost = measure.cost(model.cpu(), data.input_size)
+    atomic_save(model.state_dict(), folder / "model.pt")
+    meta = {
+        "test_acc": result.test_acc,
+        "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "params": cost.params,
+        "macs": cost.macs,
+        "seconds": result.seconds,
+        "history": result.history,
+        "data_source": data.source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(json.dumps(meta, indent=1), folder / "meta.json")  # written last: marks the cache complete
+    (folder / "train.ckpt").unlink(missing_ok=True)

@@ -1,0 +1,51 @@
+"""``python -m bench``: list, profile, run, speed, sparsity, sweep, sweep-bench and report.
+
+One module per command, each with its parser and its handler together: ``NAME``,
+``add_parser(subparsers)`` and ``handle(args) -> int``. What they share (the parser class, the
+settings flags of ``run`` and ``sweep``, comma-separated values) is in :mod:`bench.cli.common`.
+Heavy imports (torch, mlflow, optuna) happen inside handlers, after the arguments are checked.
+
+Errors a user can cause print one line, ``error: ...``, and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from bench.cli import listing, profile, report, run, sparsity, speed, sweep, sweep_scaling
+from bench.cli.common import Parser, formatter
+from bench.errors import BenchError
+
+MODULES = (listing, profile, run, speed, sparsity, sweep, sweep_scaling, report)  # the order of --help
+COMMANDS = {module.NAME: module.handle for module in MODULES}
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="python -m bench",
+        formatter_class=formatter,
+        description="Reproducible benchmark harness for structured pruning of CNNs.",
+        epilog="examples:\n  python -m bench list methods\n  python -m bench profile --model resnet56 --plan l1-a\n"
+        "  python -m bench run --methods l1,slim --model resnet20 --preset smoke --data-dir ../shared/data\n"
+        "  python -m bench speed --model resnet20 --data-dir ../shared/data\n"
+        "  python -m bench sparsity RUN_ID",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in MODULES:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars and lines suffice
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,64 @@
+"""What a finished method or dense run writes to MLflow: its result record as metrics, the tags a
+report groups by, the environment, the resolved config, sparsity curves and its artifacts.
+
+Every name written here is declared in ``bench.schema``; reports read them back through
+``bench.store`` and never recompute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bench import measure, provenance, sparsity
+from bench.schema import DENSE, Artifact, Phase, Result, Tag, epoch_metric
+from bench.session import Session
+
+
+def latency_of(session: Session, model: nn.Module) -> dict[str, Any]:
+    """Median, IQR and protocol of the model's latency when the config asks for it, else empty."""
+    if not session.cfg.latency:
+        return {}
+    lat = measure.measure_latency(
+        model, session.data.input_size, session.cfg.latency_batch_size, session.runtime.device
+    )
+    return lat.as_dict()
+
+
+def log_sparsity(session: Session, run_id: str, model: nn.Module) -> None:
+    """Unstructured and structured sparsity curves: an artifact, plus metrics at fixed eps."""
+    curves = sparsity.sparsity_curves(model)
+    session.tracker.log_dict(run_id, curves.as_dict(), sparsity.ARTIFACT)
+    session.tracker.log_metrics(run_id, curves.metrics(), step=None)
+
+
+def identity_tags(session: Session, method: str) -> dict[str, str]:
+    """What a report groups by, on every run (not only the parent): model, data, pruning rule."""
+    cfg, data = session.cfg, session.data
+    tags = {Tag.MODEL: cfg.model, Tag.DATASET: data.name, Tag.DATA_LABEL: data.label}
+    if method != DENSE:
+        rule = cfg.prune.rule
+        tags.update({Tag.PRUNE_RULE: rule, Tag.PRUNE_VALUE: str(getattr(cfg.prune, rule))})
+    return tags
+
+
+def log_history(session: Session, run_id: str, history: list[dict[str, float]]) -> None:
+    """The dense baseline's per-epoch statistics (a method's epochs are logged as they happen)."""
+    for step, stats in enumerate(history):
+        numeric = {epoch_metric(Phase.DENSE, k): v for k, v in stats.items() if isinstance(v, int | float)}
+        session.tracker.log_metrics(run_id, numeric, step)
+
+
+def log_finished(session: Session, run_id: str, result: Result, tags: Mapping[str, str], artifacts: list[Path]) -> None:
+    """The result's numbers as metrics, its text fields and identity as tags, then FINISHED."""
+    tracker = session.tracker
+    tracker.log_metrics(run_id, result.metrics(), step=None)
+    identity = identity_tags(session, result.method)
+    tracker.set_tags(run_id, {**identity, **tags, **result.text_tags(), **provenance.environment()})
+    tracker.log_dict(run_id, session.cfg.to_dict(), Artifact.CONFIG)
+    for path in artifacts:
+        tracker.log_artifact(run_id, path)
+    tracker.end_run(run_id, "FINISHED")

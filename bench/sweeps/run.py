@@ -1,0 +1,96 @@
+"""The ``bench sweep`` command: create (or join) the study and its MLflow parent run, train the dense
+baselines once, run the local workers, and summarise."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from bench.schema import Kind, Metric, Param, Tag, TrialAttr
+from bench.sweeps.grid import enqueue_missing_cells
+from bench.sweeps.slots import work_left
+from bench.sweeps.spec import SweepSpec, write_spec
+from bench.sweeps.storage import open_study, redact
+from bench.sweeps.summary import Summary, format_summary, summarize
+from bench.sweeps.trial import warm_baseline
+from bench.sweeps.workers import start_workers, wait_for
+
+
+def prepare_sweep(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Callable[[str], None]) -> SweepSpec:
+    """Create (or join) the study and the MLflow parent run and enqueue missing grid cells; returns
+    the spec with the parent run id."""
+    study = open_study(spec)
+    tracker = spec.tracker()
+    parent = study.user_attrs.get(TrialAttr.MLFLOW_PARENT)
+    if parent is None:
+        tags = {Tag.KIND: Kind.SWEEP, Tag.STUDY: spec.study, Tag.STORAGE: redact(spec.storage)}
+        parent = tracker.start_run(f"sweep {spec.study}", parent_id=None, key=f"sweep/{spec.study}", tags=tags)
+        tracker.log_params(parent, {Param.SWEEP: _spec_params(spec)})
+        study.set_user_attr(TrialAttr.MLFLOW_PARENT, parent)
+    else:
+        tracker.reopen(parent)
+    if cells is not None:
+        done, queued = enqueue_missing_cells(study, cells)
+        say(f"grid: {len(cells)} cells, {done} done or under way, {queued} enqueued")
+    return dataclasses.replace(spec, parent_run_id=parent)
+
+
+def _spec_params(spec: SweepSpec) -> dict[str, Any]:
+    params = dataclasses.asdict(spec)
+    params["storage"] = redact(spec.storage)
+    params.pop("parent_run_id")
+    return params
+
+
+def warm_baselines(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Callable[[str], None]) -> None:
+    """Train every dense baseline the trials will need (each trial's reference row, and the start of
+    methods that prune it), once, before workers start: they would otherwise wait on each other."""
+    base = spec.base_config()
+    if cells is None:
+        needed = [(base.model, base.data, base.seeds[0])]
+    else:
+        needed = sorted(
+            {(c["model"], dataclasses.replace(base.data, name=c["dataset"]), c["seed"]) for c in cells},
+            key=lambda k: (k[0], k[1].name, k[2]),
+        )
+    for model, data, seed in needed:
+        cfg = dataclasses.replace(base, model=model, data=data, seeds=(seed,), methods=())
+        warm_baseline(cfg, spec.parent_run_id, say)
+
+
+def run_sweep(
+    spec: SweepSpec, workers: int, cells: list[dict[str, Any]] | None = None, say: Callable[[str], None] = print
+) -> Summary:
+    """The whole command: prepare, warm the baselines, run ``workers`` processes, summarise."""
+    spec = prepare_sweep(spec, cells, say)
+    study = open_study(spec)
+    if work_left(study, spec) == "done":
+        say(f"study '{spec.study}': nothing left to run")
+    else:
+        warm_baselines(spec, cells, say)
+        spec_file = write_spec(spec)
+        say(f"sweep '{spec.study}': {workers} worker(s), storage {redact(spec.storage)}, spec {spec_file}")
+        codes = wait_for(start_workers(spec_file, workers), say)
+        if any(codes):
+            say(f"worker exit codes: {codes}")
+    summary = summarize(study)
+    say(format_summary(summary, spec))
+    _finish_parent(spec, summary)
+    return summary
+
+
+def _finish_parent(spec: SweepSpec, summary: Summary) -> None:
+    """Log the trial counts on the parent run; end it when no trial is left running or waiting."""
+    tracker = spec.tracker()
+    tracker.log_metrics(
+        spec.parent_run_id,
+        {
+            Metric.TRIALS_COMPLETE: summary.complete,
+            Metric.TRIALS_PRUNED: summary.pruned,
+            Metric.TRIALS_FAILED: summary.failed,
+        },
+    )
+    if summary.running == 0 and summary.waiting == 0:
+        tracker.end_run(spec.parent_run_id, "FINISHED")
+    print(f"MLflow: sweep parent run {spec.parent_run_id} in experiment '{tracker.experiment_name}' at {tracker.uri}")
