@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: RUF022 (grouped by purpose, sorted within each group)
     # the interface
+    "RUN_SOURCE",
     "Context",
     "Inherited",
     "Method",
@@ -138,6 +139,7 @@ _LAZY = {  # name -> the module above this one that defines it (see the module d
 
 Phase = Literal["sparsity", "finetune", "prune", "train"]  # "train": an inherited architecture's training
 Start = Literal["dense", "scratch"]
+RUN_SOURCE = "run:"  # a plan source "run:<MLflow run id>": a finished method run of the tracking store
 
 
 @dataclass(frozen=True)

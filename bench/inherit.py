@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from bench.api import Inherited, Method
+from bench.api import RUN_SOURCE, Inherited, Method
 from bench.config import RunConfig
 from bench.errors import BenchError
 from bench.plan import PruningPlan, load_plans
@@ -18,7 +18,6 @@ from bench.schema import Artifact, Metric
 from bench.session import Session
 from bench.tracking import Tracker
 
-RUN_SOURCE = "run:"
 BUDGET_METRICS = (Metric.TRAIN_EPOCHS, Metric.MACS, Metric.DENSE_MACS)  # what a source must have recorded
 
 

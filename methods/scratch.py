@@ -31,11 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Inherited, Method, Schedule
+from bench.api import RUN_SOURCE, Context, Inherited, Method, Schedule
 from bench.errors import BenchError
 
 BUDGETS = ("epochs", "flops")
-RUN_PREFIX = "run:"
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class ScratchConfig:
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        if self.source.startswith(RUN_PREFIX) and not self.source[len(RUN_PREFIX) :].strip():
+        if self.source.startswith(RUN_SOURCE) and not self.source[len(RUN_SOURCE) :].strip():
             raise ValueError("source 'run:' needs an MLflow run id after the colon")
 
 
