@@ -78,9 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: RUF022 (grouped by purpose, sorted within each group)
     # the interface
-    "RUN_SOURCE",
     "Context",
-    "Inherited",
     "Method",
     "NoConfig",
     "Phase",
@@ -137,9 +135,8 @@ _LAZY = {  # name -> the module above this one that defines it (see the module d
     "fused_terms": "bench.flow",
 }
 
-Phase = Literal["sparsity", "finetune", "prune", "train"]  # "train": an inherited architecture's training
+Phase = Literal["sparsity", "finetune", "prune", "train"]  # "train": a scratch row's training (harness only)
 Start = Literal["dense", "scratch"]
-RUN_SOURCE = "run:"  # a plan source "run:<MLflow run id>": a finished method run of the tracking store
 
 
 @dataclass(frozen=True)
@@ -176,23 +173,6 @@ class Context:
     prune: PruneConfig | None = None
 
 
-@dataclass(frozen=True)
-class Inherited:
-    """A pruned architecture that another run produced, as :meth:`Method.plan_source` asked for.
-
-    ``plans`` replay onto a fresh model of the same name. ``train_epochs`` is every epoch the source
-    spent producing its model (its dense baseline's when it started from one, its sparsity phases and
-    its fine-tuning). ``macs`` and ``dense_macs`` are its pruned and unpruned conv+linear MACs.
-    """
-
-    source: str  # what was asked for: a method name in this run, or "run:<MLflow run id>"
-    run_id: str | None  # the source's MLflow run, when known
-    plans: tuple[PruningPlan, ...]
-    train_epochs: int
-    macs: int
-    dense_macs: int
-
-
 class Method(abc.ABC):
     """Base class of pruning methods, in the spirit of Optuna's ``BaseSampler``.
 
@@ -220,9 +200,8 @@ class Method(abc.ABC):
             if more rounds: fine-tune (ctx.phase="finetune")
         fine-tune (ctx.phase="finetune"); hooks run here only if finetune_hooks is True
 
-    A method whose :meth:`plan_source` names a source does not prune: the harness replays the
-    source's plans onto the model, re-initialises it when ``start="scratch"``, and trains it once
-    (ctx.phase="train") on :meth:`inherited_schedule`; no round above runs.
+    The epochs of every phase are the run's schedules, or scaled by the harness to a matched budget
+    (``--budget``); the scratch control (Liu et al. 2019) is the harness's, not a method.
 
     Selection of the final checkpoint uses the validation split; the test split is only reported.
     """
@@ -278,16 +257,6 @@ class Method(abc.ABC):
     def rounds(self, ctx: Context) -> int:
         """How many prune rounds (iterative pruning); fine-tuning runs between rounds."""
         return 1
-
-    def plan_source(self, methods: tuple[str, ...]) -> str | None:
-        """Where this method's architecture comes from, if it does not prune: the name of another
-        method in ``methods`` (the run's, same seed) or ``"run:<MLflow run id>"``. None: it prunes."""
-        return None
-
-    def inherited_schedule(self, dense: Schedule, inherited: Inherited) -> Schedule:
-        """The schedule that trains an inherited architecture (only called when :meth:`plan_source`
-        names one). Default: the dense baseline's recipe for the source's whole epoch budget."""
-        return dataclasses.replace(dense, epochs=inherited.train_epochs)
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         """Sample this method's hyperparameters from an Optuna trial; returns Config kwargs."""

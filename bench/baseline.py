@@ -1,30 +1,42 @@
 """The dense baseline: trained once per (config, seed) and cached under ``results/baselines/<key>``.
 
 The key hashes everything that determines the trained weights (model, data, schedule, seed,
-determinism, device type, AMP, torch version), so a second run with other methods reuses it and
-says so. ``meta.json`` is written last and marks the cache entry complete; concurrent processes
-that share the results dir take a file lock, so the baseline is trained once.
+determinism, device type, AMP, torch version) and the version of the code that trains it
+(``BASELINE_VERSION`` and the package version), so a second run with other methods reuses it and
+says so, and a baseline trained by other code is never reused. ``meta.json`` is written last and
+marks the cache entry complete; concurrent processes that share the results dir take a file lock,
+so the baseline is trained once.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench import measure, models
+from bench import budget, measure, models
 from bench.atomic import atomic_write_text
 from bench.checkpoint import atomic_save, load
 from bench.config import stable_hash
 from bench.paths import exclusive_lock
 from bench.run_log import latency_of, log_finished, log_history, log_sparsity
-from bench.schema import DENSE, Result, Tag
+from bench.schema import DENSE, Phase, Result, Tag
 from bench.session import Session
 from bench.training import fit, seed_everything
+
+# The version of how the baseline is trained. Bump it in the same change whenever that changes what
+# ``_train`` produces for one config (the loop, augmentation, initialisation, selection, the data
+# pipeline): every cached baseline then misses and is trained again. The package version is in the
+# key too, but it moves only at releases; between releases this constant is what keeps a stale
+# baseline from being reused.
+BASELINE_VERSION = 1
+PACKAGE = "bench"  # the distribution name in pyproject.toml
 
 
 @dataclass(frozen=True)
@@ -35,8 +47,17 @@ class Baseline:
     result: Result
 
 
+def package_version() -> str:
+    """The installed version of the ``bench`` distribution; "unknown" when run from a bare source
+    tree (then ``BASELINE_VERSION`` alone versions the code)."""
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def baseline_key(session: Session, seed: int) -> str:
-    """Hash of everything that determines the dense baseline."""
+    """Hash of everything that determines the dense baseline, the code that trains it included."""
     cfg, data, runtime = session.cfg, session.data, session.runtime
     return stable_hash(
         {
@@ -50,16 +71,28 @@ def baseline_key(session: Session, seed: int) -> str:
             "device": runtime.device.type,
             "amp": runtime.amp and runtime.device.type == "cuda",
             "torch": torch.__version__.split("+")[0],
+            "code": {"baseline_version": BASELINE_VERSION, "package": package_version()},
         }
     )
 
 
 def dense_baseline(session: Session, seed: int, *, log_run: bool = True) -> Baseline:
     """Train the dense model for ``seed`` or reuse it from the cache; log it as a nested run (once per
-    parent) unless ``log_run`` is False. Concurrent processes sharing the results dir train it once."""
+    parent) unless ``log_run`` is False. Concurrent processes sharing the results dir train it once.
+    Whatever stops it (an error, Ctrl-C, SIGTERM) ends its run FAILED or KILLED with the reason."""
     key = baseline_key(session, seed)
-    folder = session.paths.baselines / key
     run_id = _start_dense_run(session, seed, key) if log_run else None
+    with _ended_on_failure(session, run_id):
+        return _trained_or_cached(session, seed, key, run_id)
+
+
+def _ended_on_failure(session: Session, run_id: str | None) -> AbstractContextManager[None]:
+    return nullcontext() if run_id is None else session.tracker.ended_on_failure(run_id)
+
+
+def _trained_or_cached(session: Session, seed: int, key: str, run_id: str | None) -> Baseline:
+    """Train the baseline under its lock unless the cache holds it, load it, log the dense run."""
+    folder = session.paths.baselines / key
     with exclusive_lock(folder / ".lock"):
         reused = (folder / "meta.json").exists()
         if reused:
@@ -70,7 +103,7 @@ def dense_baseline(session: Session, seed: int, *, log_run: bool = True) -> Base
     state = load(folder / "model.pt")
     model = models.create(session.cfg.model, session.data.num_classes, session.data.input_size)
     model.load_state_dict(state)
-    result = _dense_result(seed, meta, latency_of(session, model))  # latency: this machine, never cached
+    result = _dense_result(seed, meta, latency_of(session, model), len(session.data.train))  # latency: never cached
     if run_id is not None:
         log_sparsity(session, run_id, model)
         log_history(session, run_id, meta["history"])
@@ -87,8 +120,10 @@ def _start_dense_run(session: Session, seed: int, key: str) -> str | None:
     return session.tracker.start_run(f"dense seed {seed}", parent_id=session.parent_id, key=run_key, tags=tags)
 
 
-def _dense_result(seed: int, meta: dict[str, Any], latency: dict[str, Any]) -> Result:
-    """The dense row: its own reference, so its changes and reductions are zero."""
+def _dense_result(seed: int, meta: dict[str, Any], latency: dict[str, Any], train_size: int) -> Result:
+    """The dense row: its own reference, so its changes and reductions are zero; its budget is its
+    own training (``train_size`` images per epoch)."""
+    epochs = len(meta["history"])
     return Result(
         method=DENSE,
         seed=seed,
@@ -99,7 +134,10 @@ def _dense_result(seed: int, meta: dict[str, Any], latency: dict[str, Any]) -> R
         dense_test_acc=meta["test_acc"],
         dense_params=meta["params"],
         dense_macs=meta["macs"],
-        train_epochs=len(meta["history"]),
+        train_epochs=epochs,
+        train_images=epochs * train_size,
+        budget=budget.metrics({Phase.DENSE: epochs}, train_size),
+        channels_removed=0.0,
         latency=latency,
     )
 

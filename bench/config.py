@@ -26,6 +26,8 @@ DEFAULT_TARGET = 0.5  # fraction of MACs removed when no pruning rule is given
 PRUNE_RULES = ("target_flops_reduction", "channel_fraction", "layer_ratio", "plan")
 SCHEDULES = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+SPARSITY_CHECKPOINTS = ("last", "best_val")
+SCRATCH_BUDGETS = ("E", "B", "pipeline")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -106,8 +108,12 @@ class PruneConfig:
     # kept counts rounded up to a multiple of this (1: off). Kernels run fastest on channel counts
     # that fill their vector width; a FLOPs target is then met with the rounded counts.
     round_to: int = 1
+    # which weights of a sparsity-training phase are pruned: the last epoch's (default: sparsity grows
+    # through training, and the best-validation epoch can be an early, less sparse one) or the best-val one
+    sparsity_checkpoint: str = "last"
 
     def __post_init__(self) -> None:
+        _check_choice("prune.sparsity_checkpoint", self.sparsity_checkpoint, SPARSITY_CHECKPOINTS)
         for name in ("target_flops_reduction", "channel_fraction", "layer_ratio"):
             value = getattr(self, name)
             _check(value is None or 0 <= value < 1, f"prune.{name} must be in [0, 1), got {value}")
@@ -135,6 +141,28 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class ScratchConfig:
+    """The scratch control (Liu et al., ICLR 2019): a method's pruned architecture trained from a fresh
+    init with the run's dense recipe. ``source``: a method of this run, ``run:<MLflow run id>``, or ""
+    (the first other method of ``--methods``). ``budgets``: which rows ``--methods ...,scratch`` adds:
+    "E" (Scratch-E: the dense model's epochs, or ``--budget`` in matched mode), "B" (Scratch-B: E times
+    dense/pruned MACs, the same compute) and "pipeline" (the source's whole training budget)."""
+
+    source: str = ""
+    budgets: tuple[str, ...] = ("E", "B")
+
+    def __post_init__(self) -> None:
+        _check(len(self.budgets) >= 1, "scratch.budgets must name at least one of " + ", ".join(SCRATCH_BUDGETS))
+        for budget in self.budgets:
+            _check_choice("scratch.budgets", budget, SCRATCH_BUDGETS)
+        _check(len(set(self.budgets)) == len(self.budgets), f"scratch.budgets must be unique, got {self.budgets}")
+        _check(
+            self.source != "run:" and not self.source.endswith(":"),
+            f"scratch.source '{self.source}' needs an MLflow run id after 'run:'",
+        )
+
+
+@dataclass(frozen=True)
 class MethodOverrides:
     """Per-method settings: hyperparameters (``params``) and schedules that replace the run's."""
 
@@ -156,6 +184,10 @@ class RunConfig:
     finetune: Schedule = Schedule(epochs=1, lr=0.01)
     prune: PruneConfig = PruneConfig()
     method: dict[str, MethodOverrides] = field(default_factory=dict)
+    scratch: ScratchConfig = ScratchConfig()
+    # matched-budget mode: every method trains this many epochs in all (its dense baseline's included
+    # when it starts from it); sparsity and fine-tune phases are scaled to fit (bench.budget)
+    budget: int | None = None
     device: str = "auto"
     deterministic: bool = False
     amp: bool = True  # bf16 autocast, CUDA only
@@ -174,6 +206,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(len(self.seeds) >= 1, "seeds must name at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), f"seeds must be unique, got {self.seeds}")
+        _check(all(s >= 0 for s in self.seeds), f"seeds must be non-negative integers, got {self.seeds}")
+        _check(self.budget is None or self.budget >= 1, f"budget must be >= 1 epoch, got {self.budget}")
         _check(len(set(self.methods)) == len(self.methods), f"methods must be unique, got {self.methods}")
         _check_choice("device", self.device, DEVICES)
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")

@@ -38,3 +38,10 @@ def first_line(exc: BaseException) -> str:
 class EarlyStop(Exception):
     """Raised from an epoch callback to end a method run early on purpose (a pruned sweep trial):
     its MLflow run ends KILLED with the reason, not FAILED. Torch-free, so sweeps can subclass it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception, raised by the CLI's handler (``bench.lifecycle``) so that every
+    ``with``/``finally`` runs and each open MLflow run ends KILLED with the reason. A subclass of
+    KeyboardInterrupt on purpose: whatever handles a Ctrl-C (a run ends KILLED, a sweep stops its
+    workers, Optuna fails the trial and re-raises) handles a SIGTERM alike. The CLI exits 143."""

@@ -1,6 +1,6 @@
-"""The planned work of a run, printed before any training: phases, epochs, images per seed, and an
-estimated time from measured throughput. Also each method's epoch budget (``pipeline_epochs``),
-which the scratch control inherits and every run records as ``train_epochs``.
+"""The planned work of a run, printed before any training: phases, epochs, images per seed, the
+matched budget when one is set, and an estimated time from measured throughput. Also each method's
+phases (``method_phases``: configured, or scaled by ``bench.budget`` to ``--budget``).
 """
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from collections.abc import Mapping
 
 import torch
 
-from bench import models
-from bench.api import Context, Inherited, Method
-from bench.config import RunConfig, Schedule
+from bench import budget, controls, models
+from bench.api import Context, Method
+from bench.budget import PhasePlan
+from bench.config import RunConfig
+from bench.controls import Inherited, ScratchControl
 from bench.session import Workspace
 from bench.training import seconds_per_image
 
@@ -24,7 +26,8 @@ def describe_plan(
 ) -> str:
     """The planned work (phases, epochs, images) and an estimate from measured throughput."""
     data, seeds = work.data, len(cfg.seeds)
-    phases = planned_phases(cfg, methods, external)
+    rows = controls.controls(cfg)
+    phases = planned_phases(cfg, methods, rows, external)
     train_images = sum(epochs * len(data.train) for _, epochs in phases) * seeds
     eval_images = sum(epochs for _, epochs in phases) * (len(data.val) + len(data.test)) * seeds
     probe = models.create(cfg.model, data.num_classes, data.input_size)
@@ -36,6 +39,7 @@ def describe_plan(
         f"seeds {','.join(map(str, cfg.seeds))}; device {work.runtime.device}; pruning rule {cfg.prune.rule}",
         f"  {'phase':<34}{'epochs':>7}{'train images':>14}",
         *(f"  {name:<34}{epochs:>7}{epochs * len(data.train):>14,}" for name, epochs in phases),
+        _budget_line(cfg, row_budgets(cfg, methods, rows, external)),
         f"  total per seed x {seeds} seed(s): {train_images:,} training + {eval_images:,} eval "
         f"images; measured {spi * 1e3:.2f} ms per training image -> estimated {duration(estimate)} "
         "(cached baselines are skipped)",
@@ -44,29 +48,40 @@ def describe_plan(
 
 
 def planned_phases(
-    cfg: RunConfig, methods: Mapping[str, Method], external: Mapping[str, Inherited]
+    cfg: RunConfig, methods: Mapping[str, Method], rows: Mapping[str, ScratchControl], external: Mapping[str, Inherited]
 ) -> list[tuple[str, int]]:
-    """(label, epochs per seed) of every training phase; inherited budgets use the planned sources."""
+    """(label, epochs per seed) of every training phase: each method's (configured or budget-matched)
+    and each scratch row's."""
     phases = [(DENSE_PHASE, cfg.dense.epochs)]
     for name, method in methods.items():
-        source = method.plan_source(cfg.methods)
-        if source is None:
-            phases += _pruning_phases(cfg, name, method)
-            continue
-        planned = external.get(source) or planned_inheritance(cfg, source, methods[source])
-        epochs = inherited_schedule(cfg, name, method, planned).epochs
-        phases.append((f"{name}: train ({source}'s architecture)", epochs))
+        phases += _method_lines(name, method_phases(cfg, name, method, planned_rounds(cfg, method)))
+    totals = row_budgets(cfg, methods, rows, external)
+    phases += [(f"{name}: train ({row.source}'s architecture)", totals[name]) for name, row in rows.items()]
     return phases
 
 
-def _pruning_phases(cfg: RunConfig, name: str, method: Method) -> list[tuple[str, int]]:
-    rounds = planned_rounds(cfg, method)
+def row_budgets(
+    cfg: RunConfig, methods: Mapping[str, Method], rows: Mapping[str, ScratchControl], external: Mapping[str, Inherited]
+) -> dict[str, int]:
+    """Each row's planned training budget in epochs (``train_epochs``); a scratch row's source is
+    planned at the FLOPs target (its MACs are known only once it has pruned)."""
+    totals = {name: method_phases(cfg, name, m, planned_rounds(cfg, m)).total for name, m in methods.items()}
+    kept = max(1e-6, 1 - (cfg.prune.target_flops_reduction or 0.0))
+    for name, row in rows.items():
+        source = external.get(row.source)
+        source_epochs = source.train_epochs if source else totals[row.source]
+        totals[name] = row.epochs(cfg, source_epochs, source.macs_ratio if source else 1 / kept)
+    return totals
+
+
+def _method_lines(name: str, plan: PhasePlan) -> list[tuple[str, int]]:
+    rounds = len(plan.finetune)
     suffix = f" x {rounds} rounds" if rounds > 1 else ""
-    phases = []
-    if method.sparsity_training:
-        phases.append((f"{name}: sparsity training{suffix}", cfg.sparsity_schedule(name).epochs * rounds))
-    phases.append((f"{name}: fine-tune{suffix}", cfg.finetune_schedule(name).epochs * rounds))
-    return phases
+    lines = []
+    if plan.sparsity:
+        lines.append((f"{name}: sparsity training{suffix}", sum(s.epochs for s in plan.sparsity)))
+    lines.append((f"{name}: fine-tune{suffix}", sum(s.epochs for s in plan.finetune)))
+    return lines
 
 
 def planned_rounds(cfg: RunConfig, method: Method) -> int:
@@ -75,28 +90,17 @@ def planned_rounds(cfg: RunConfig, method: Method) -> int:
     return method.rounds(ctx)
 
 
-def pipeline_epochs(cfg: RunConfig, name: str, method: Method, rounds: int) -> int:
-    """Every epoch that produced a method's final model: its dense baseline's (when it starts from it),
-    its sparsity phases and its fine-tuning, over all rounds. The scratch control's budget."""
-    per_round = cfg.finetune_schedule(name).epochs
-    if method.sparsity_training:
-        per_round += cfg.sparsity_schedule(name).epochs
-    return (cfg.dense.epochs if method.start == "dense" else 0) + rounds * per_round
+def method_phases(cfg: RunConfig, name: str, method: Method, rounds: int) -> PhasePlan:
+    """The method's phases: its configured schedules, scaled to ``cfg.budget`` in matched mode."""
+    plan = budget.configured(cfg, name, method.start == "dense", method.sparsity_training, rounds)
+    return plan if cfg.budget is None else budget.matched(plan, cfg.budget, name)
 
 
-def planned_inheritance(cfg: RunConfig, source: str, method: Method) -> Inherited:
-    """What a same-run source will hand over, for the estimate: its epochs, and MACs at the target."""
-    epochs = pipeline_epochs(cfg, source, method, planned_rounds(cfg, method))
-    kept = 1 - (cfg.prune.target_flops_reduction or 0.0)
-    return Inherited(source, None, (), epochs, max(1, round(1e6 * kept)), 1_000_000)
-
-
-def inherited_schedule(cfg: RunConfig, name: str, method: Method, inherited: Inherited) -> Schedule:
-    """An explicit ``method.<name>.finetune`` schedule wins; otherwise the method's own choice."""
-    override = cfg.method.get(name)
-    if override is not None and override.finetune is not None:
-        return override.finetune
-    return method.inherited_schedule(cfg.dense, inherited)
+def _budget_line(cfg: RunConfig, totals: Mapping[str, int]) -> str:
+    """Each row's training budget, and whether it is matched (``--budget``)."""
+    mode = f"matched to --budget {cfg.budget}" if cfg.budget is not None else "as configured (no --budget)"
+    listed = ", ".join(f"{name} {epochs}" for name, epochs in totals.items())
+    return f"  training budget in epochs, {mode}, dense epochs included where a method starts from them: {listed}"
 
 
 def duration(seconds: float) -> str:

@@ -1,5 +1,5 @@
-"""Inherited architectures (the scratch control): where a method's plans come from, checked before
-any training, and read once the source has run.
+"""Inherited architectures (the scratch control, ``bench.controls``): where a scratch row's plans come
+from, checked before any training, and read once the source has run.
 
 A source is another method of the same invocation (its finished work dir for the same seed) or
 ``run:<MLflow run id>``, a finished method run of the tracking store.
@@ -10,49 +10,25 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from bench.api import RUN_SOURCE, Inherited, Method
-from bench.config import RunConfig
+from bench.controls import RUN_SOURCE, Inherited, ScratchControl
 from bench.errors import BenchError
 from bench.plan import PruningPlan, load_plans
-from bench.schema import Artifact, Metric
+from bench.schema import Artifact, Metric, Tag
 from bench.session import Session
 from bench.tracking import Tracker
 
 BUDGET_METRICS = (Metric.TRAIN_EPOCHS, Metric.MACS, Metric.DENSE_MACS)  # what a source must have recorded
 
 
-def plan_sources(cfg: RunConfig, methods: Mapping[str, Method]) -> dict[str, str]:
-    """method -> its plan source, for the methods that inherit an architecture; checked here."""
-    sources = {}
-    for name, method in methods.items():
-        source = method.plan_source(cfg.methods)
-        if source is None:
-            continue
-        if not source.startswith(RUN_SOURCE):
-            _check_same_run_source(cfg, methods, name, source)
-        sources[name] = source
-    return sources
+def run_order(names: tuple[str, ...], controls: Mapping[str, ScratchControl]) -> list[str]:
+    """The order given, except that the scratch rows run after every method (their sources)."""
+    return [m for m in names if m not in controls] + [m for m in names if m in controls]
 
 
-def _check_same_run_source(cfg: RunConfig, methods: Mapping[str, Method], name: str, source: str) -> None:
-    if source not in methods or source == name:
-        others = [m for m in cfg.methods if m != name] or ["none"]
-        raise BenchError(
-            f"{name}'s plan source '{source}' is not another method of this run (--methods: "
-            f"{', '.join(others)}); add it to --methods or use source={RUN_SOURCE}<MLflow run id>"
-        )
-    if methods[source].plan_source(cfg.methods) is not None:
-        raise BenchError(f"{name}'s plan source '{source}' inherits its own architecture; name a method that prunes")
-
-
-def run_order(methods: tuple[str, ...], sources: Mapping[str, str]) -> list[str]:
-    """The order given, except that a method inheriting an architecture runs after every other."""
-    return [m for m in methods if m not in sources] + [m for m in methods if m in sources]
-
-
-def external_sources(tracker: Tracker, sources: Mapping[str, str], model: str) -> dict[str, Inherited]:
+def external_sources(tracker: Tracker, controls: Mapping[str, ScratchControl], model: str) -> dict[str, Inherited]:
     """Every ``run:<id>`` source, read (and checked) once before the run starts."""
-    return {s: from_store(tracker, s, model) for s in sources.values() if s.startswith(RUN_SOURCE)}
+    sources = {c.source for c in controls.values()}
+    return {s: from_store(tracker, s, model) for s in sources if s.startswith(RUN_SOURCE)}
 
 
 def from_store(tracker: Tracker, source: str, model: str) -> Inherited:
@@ -72,7 +48,7 @@ def from_store(tracker: Tracker, source: str, model: str) -> Inherited:
             "the scratch control was added); re-run its method or name a newer run"
         )
     budget = (int(metrics[k]) for k in BUDGET_METRICS)
-    return Inherited(source, run_id, plans, *budget)
+    return Inherited(source, run_id, plans, *budget, protocol=run.data.tags.get(Tag.PROTOCOL, run_id))
 
 
 def inherited(session: Session, source: str, seed: int) -> Inherited:
@@ -86,4 +62,4 @@ def inherited(session: Session, source: str, seed: int) -> Inherited:
         raise BenchError(f"{source} seed {seed} in {folder} finished before epoch budgets were recorded; re-run it")
     plans = tuple(load_plans(folder / Artifact.PLANS))
     budget = (int(row[k]) for k in BUDGET_METRICS)
-    return Inherited(source, row.get("run_id"), plans, *budget)
+    return Inherited(source, row.get("run_id"), plans, *budget, protocol=row.get("protocol", ""))

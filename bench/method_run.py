@@ -1,11 +1,12 @@
-"""One method, one seed: a :class:`MethodRun` owns the model, the method's context, the work dir, the
-MLflow run and the epoch history, and walks the pipeline of DESIGN.md::
+"""One method (or scratch row), one seed: a :class:`MethodRun` owns the model, the method's context,
+the work dir, the MLflow run and the epoch history, and walks the pipeline of DESIGN.md::
 
     setup -> [sparsity training -> importance -> allocation -> surgery -> (fine-tune)]* -> fine-tune
     -> measure -> finish (plans, weights and the result into the work dir and MLflow)
 
-A method that inherits its architecture (``Method.plan_source``, the scratch control) replaces the
-rounds and the fine-tuning by: replay the source's plans -> (re-initialise) -> train -> measure.
+The scratch control (``bench.controls``) runs the same pipeline: its one prune step replays its
+source's plans and re-draws every weight, and its final phase ("train") uses the dense recipe for its
+budget. The epochs of every phase come from ``bench.budget`` (configured, or scaled by ``--budget``).
 
 Every phase resumes from its epoch checkpoint, every completed round from ``r<k>-done.pt``, and a
 finished (method, seed) from ``result.json``: a killed invocation run again continues here.
@@ -14,46 +15,51 @@ finished (method, seed) from ``result.json``: a killed invocation run again cont
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from bench import inherit, measure, models, registry, surgery
-from bench.api import Context, Inherited, Method
+from bench import budget, controls, inherit, measure, models, protocol, registry, surgery
+from bench.api import Context, Method
 from bench.atomic import atomic_write_text
 from bench.baseline import Baseline
 from bench.checkpoint import atomic_save, load
 from bench.config import Schedule
-from bench.estimate import inherited_schedule, pipeline_epochs
+from bench.estimate import method_phases
 from bench.plan import PruningPlan, load_plans, save_plans
-from bench.pruning import default_plan, inherited_model
-from bench.run_log import latency_of, log_finished, log_sparsity
-from bench.schema import DENSE, Artifact, Param, Result, Tag, compile_tag, epoch_metric
-from bench.session import EarlyStop, Session
+from bench.pruning import Origin, default_plan, replay
+from bench.run_log import latency_of, log_finished, log_protocol, log_sparsity
+from bench.schema import DENSE, Artifact, Param, Phase, Result, Tag, compile_tag, epoch_metric
+from bench.session import Session
 from bench.training import FitResult, eval_loader, evaluate_splits, fit, seed_everything
 
 PHASE_LABELS = {"sparsity": "sparsity", "finetune": "fine-tune", "train": "train"}
 
 
 class MethodRun:
-    """The pipeline of ``name`` for one seed, from the dense ``baseline`` (or a fresh init).
-
-    ``label`` names its MLflow run and work dir (default: the method name; a sweep uses the trial).
-    """
+    """The pipeline of ``name`` (a method, or a scratch row) for one seed, from the dense
+    ``baseline`` or a fresh init. ``label`` names its MLflow run and work dir (default: the name; a
+    sweep uses the trial)."""
 
     def __init__(self, session: Session, name: str, seed: int, baseline: Baseline, label: str | None = None):
         self.session, self.name, self.seed, self.baseline = session, name, seed, baseline
         self.label = label or name
-        self.method: Method = registry.get_method(name).from_params(session.cfg.method_params(name))
+        self.control = controls.controls(session.cfg).get(name)
+        self.method: Method | None = None
+        if self.control is None:
+            self.method = registry.get_method(name).from_params(session.cfg.method_params(name))
         self.workdir = session.paths.runs / session.parent_id / f"{self.label}-s{seed}"
         self.history: list[dict[str, Any]] = []
         self.run_id = ""
         self.model: nn.Module | None = None
         self.ctx: Context | None = None
+        self.phases: budget.PhasePlan | None = None
+        self.origin: Origin | None = None  # the unpruned model's widths and MACs
+        self.source: inherit.Inherited | None = None  # a scratch row's architecture
+        self.digest = ""
 
     # --- the whole run --------------------------------------------------------------------------
 
@@ -64,10 +70,9 @@ class MethodRun:
             self.session.say(f"{self.label} seed {self.seed}: already finished in this run, skipping")
             return Result.from_row(json.loads(done.read_text()))
         self.run_id = self._start_run(tags or {})
-        with self._ended_on_failure():
-            source = self.method.plan_source(self.session.cfg.methods)
-            result = self._pruned() if source is None else self._inherited(source)
-        atomic_write_text(json.dumps(result.to_row(), indent=1), done)
+        with self.session.tracker.ended_on_failure(self.run_id):  # KILLED or FAILED, with the reason
+            result = self._pipeline()
+        atomic_write_text(json.dumps({**result.to_row(), "protocol": self.digest}, indent=1), done)
         return result
 
     def _start_run(self, tags: Mapping[str, str]) -> str:
@@ -78,67 +83,61 @@ class MethodRun:
             tags={Tag.METHOD: self.name, Tag.SEED: str(self.seed), **tags},
         )
 
-    @contextmanager
-    def _ended_on_failure(self) -> Iterator[None]:
-        """A kill, an early stop or a failure: say so in MLflow, then re-raise."""
-        try:
-            yield
-        except BaseException as exc:
-            stopped = isinstance(exc, KeyboardInterrupt | EarlyStop)
-            self.session.tracker.set_tags(self.run_id, {Tag.STOPPED if stopped else Tag.ERROR: repr(exc)[:500]})
-            self.session.tracker.end_run(self.run_id, "KILLED" if stopped else "FAILED")
-            raise
-
-    def _pruned(self) -> Result:
-        """setup -> prune rounds -> fine-tune -> measure -> finish."""
-        self._setup(self._fresh_model())
+    def _pipeline(self) -> Result:
+        """setup -> prune rounds -> final training phase -> measure -> finish."""
+        self._setup(self._start_model())
         plans = self.prune_rounds()
-        final = self.fit("finetune", self.session.cfg.finetune_schedule(self.name))
-        epochs = pipeline_epochs(self.session.cfg, self.name, self.method, len(plans))
-        return self.finish(self.measure(final, epochs), plans)
-
-    def _inherited(self, source: str) -> Result:
-        """Replay the source's plans, re-initialise (start="scratch"), train once, measure, finish."""
-        cfg, data = self.session.cfg, self.session.data
-        planned = inherit.inherited(self.session, source, self.seed)
-        seed_everything(self.seed, cfg.deterministic)
-        scratch = self.method.start == "scratch"
-        model = inherited_model(
-            cfg.model,
-            data.num_classes,
-            data.input_size,
-            planned.plans,
-            fresh_init_seed=self.seed if scratch else None,
-            dense_state=None if scratch else self.baseline.state,
-        )
-        schedule = self._setup(model, planned)
-        final = self.fit("train", schedule)
-        return self.finish(self.measure(final, schedule.epochs), list(planned.plans))
+        final_phase = Phase.TRAIN if self.control is not None else Phase.FINETUNE
+        final = self.fit(final_phase, self.phases.finetune[-1])
+        return self.finish(self.measure(final), plans)
 
     # --- steps ----------------------------------------------------------------------------------
 
-    def _fresh_model(self) -> nn.Module:
+    def _start_model(self) -> nn.Module:
+        """The dense baseline's weights (a method with start="dense") or a seeded fresh init."""
         cfg, data = self.session.cfg, self.session.data
         seed_everything(self.seed, cfg.deterministic)
         model = models.create(cfg.model, data.num_classes, data.input_size)
-        if self.method.start == "dense":
+        if self.method is not None and self.method.start == "dense":
             model.load_state_dict(self.baseline.state)
         return model
 
-    def _setup(self, model: nn.Module, planned: Inherited | None = None) -> Schedule | None:
-        """Context, ``method.setup`` and the method's params in MLflow; an inherited architecture
-        also records its source and returns its training schedule."""
+    def _setup(self, model: nn.Module) -> None:
+        """Context, phases and ``method.setup``; the protocol and the schedules into MLflow."""
         self.model, self.ctx = model, self._context(model)
-        self.method.setup(model, self.ctx)
-        params = _method_params(self.session, self.name, self.method)
-        schedule = None
-        if planned is not None:
-            schedule = inherited_schedule(self.session.cfg, self.name, self.method, planned)
-            params[Param.TRAIN_SCHEDULE] = asdict(schedule)
-            tags = {Tag.PLAN_SOURCE: planned.source, Tag.PLAN_SOURCE_RUN: planned.run_id or ""}
-            self.session.tracker.set_tags(self.run_id, tags)
-        self.session.tracker.log_params(self.run_id, params)
-        return schedule
+        widths = {u.name: u.channels for u in self.ctx.units}
+        self.origin = Origin(widths, self.baseline.result.macs)
+        self.phases = self._phase_plan()
+        if self.method is not None:
+            self.method.setup(model, self.ctx)
+        self._log_setup()
+
+    def _phase_plan(self) -> budget.PhasePlan:
+        """Every phase's schedule: the method's configured or budget-matched ones; a scratch row's
+        single training phase on the dense recipe."""
+        cfg = self.session.cfg
+        if self.control is None:
+            rounds = self.method.rounds(self.ctx)
+            return method_phases(cfg, self.name, self.method, rounds)
+        source = inherit.inherited(self.session, self.control.source, self.seed)
+        self.source = source
+        epochs = self.control.epochs(cfg, source.train_epochs, source.macs_ratio)
+        return budget.PhasePlan(0, (), (replace(cfg.dense, epochs=epochs),))
+
+    def _log_setup(self) -> None:
+        """The run's protocol (digest tag + ``protocol.*`` params), schedules and, for a scratch row,
+        where its architecture comes from."""
+        session, device = self.session, self.session.runtime.device.type
+        if self.control is None:
+            config = self.method.config_dict()
+            settings = protocol.method_protocol(session.cfg, self.name, config, device, self.method.sparsity_training)
+        else:
+            source = self.source
+            settings = protocol.control_protocol(session.cfg, self.name, source.protocol or source.source, device)
+            tags = {Tag.PLAN_SOURCE: source.source, Tag.PLAN_SOURCE_RUN: source.run_id or ""}
+            session.tracker.set_tags(self.run_id, tags)
+        self.digest = log_protocol(session, self.run_id, settings)
+        session.tracker.log_params(self.run_id, _schedule_params(self))
 
     def _context(self, model: nn.Module) -> Context:
         session = self.session
@@ -154,22 +153,34 @@ class MethodRun:
         )
 
     def prune_rounds(self) -> list[PruningPlan]:
-        """Sparsity training, importance, allocation and surgery, for each round; resumable per round."""
+        """Sparsity training, importance, allocation and surgery, for each round; resumable per round.
+        A scratch row's one step replays its source's plans and re-draws every weight."""
+        if self.control is not None:
+            return self._replay()
         plans = self._restore_rounds()
-        rounds = self.method.rounds(self.ctx)
+        rounds = len(self.phases.finetune)
         self.ctx.rounds = rounds
         for r in range(len(plans), rounds):
             self.ctx.round = r
             if self.method.sparsity_training:
-                self.fit("sparsity", self.session.cfg.sparsity_schedule(self.name), r)
+                keep = self.session.cfg.prune.sparsity_checkpoint
+                self.fit(Phase.SPARSITY, self.phases.sparsity[r], r, keep=keep)
             if r == 0:  # the trained (or sparsity-trained) model, before any channel goes
                 log_sparsity(self.session, self.run_id, self.model)
             plans.append(self.prune_once())
             if r < rounds - 1:
-                self.fit("finetune", self.session.cfg.finetune_schedule(self.name), r)
+                self.fit(Phase.FINETUNE, self.phases.finetune[r], r)
             state = {"model": self.model.state_dict(), "method": self.method.state_dict()}
             atomic_save(state, self.workdir / f"r{r}-done.pt")
             save_plans(plans, self.workdir / Artifact.PLANS)  # written last: marks round r complete
+        return plans
+
+    def _replay(self) -> list[PruningPlan]:
+        """The scratch control's prune step: the source's plans in order, then a fresh init at the
+        pruned shapes (nothing of any trained weight survives: Liu et al.'s control, not a rewind)."""
+        plans = list(self.source.plans)
+        replay(self.model, plans, self.ctx.input_size, fresh_init_seed=self.seed)
+        self.ctx.units = surgery.prunable_units(self.model, self.ctx.input_size)
         return plans
 
     def _restore_rounds(self) -> list[PruningPlan]:
@@ -205,21 +216,22 @@ class MethodRun:
                 input_size=ctx.input_size,
                 round_index=ctx.round,
                 rounds=ctx.rounds,
-                original_macs=self.baseline.result.macs,  # the unpruned count: base of cumulative targets
+                origin=self.origin,  # the unpruned widths and MACs: the base of cumulative targets
             )
         surgery.apply(model, plan, ctx.input_size)
         ctx.units = surgery.prunable_units(model, ctx.input_size)
         return plan
 
-    def fit(self, phase: str, schedule: Schedule, round_index: int | None = None) -> FitResult:
+    def fit(self, phase: str, schedule: Schedule, round_index: int | None = None, keep: str = "best_val") -> FitResult:
         """Train the model for one phase ("sparsity", "finetune" or "train"), logging each epoch.
 
-        ``round_index`` marks a phase inside a prune round (its checkpoint and progress label say so).
+        ``round_index`` marks a phase inside a prune round (its checkpoint and progress label say so);
+        ``keep``: the weights the model ends with, the best-validation epoch's or the last one's.
         """
         ctx = self.ctx
         ctx.phase, ctx.step = phase, 0
         tag = "" if round_index is None else f"r{round_index}"
-        hooks = self.method if phase == "sparsity" or self.method.finetune_hooks else None
+        hooks = self.method if self.method is not None and (phase == "sparsity" or self.method.finetune_hooks) else None
         result = fit(
             self.model,
             self.session.data,
@@ -231,6 +243,7 @@ class MethodRun:
             checkpoint=self.workdir / f"{tag}{'-' if tag else ''}{phase}.ckpt",
             desc=f"{self.name} {PHASE_LABELS[phase]}{' ' + tag if tag else ''} s{self.seed}",
             on_epoch=self._epoch_logger(phase),
+            keep=keep,
         )
         if self.session.runtime.compile:
             self.session.tracker.set_tags(self.run_id, {compile_tag(phase): result.compile_status})
@@ -256,11 +269,13 @@ class MethodRun:
         stats = evaluate_splits(self.model, val, test, runtime)
         return FitResult(-1, stats["val_acc"], stats["test_acc"], stats["val_acc"])
 
-    def measure(self, final: FitResult, train_epochs: int) -> Result:
-        """Accuracy of the selected checkpoint, params and MACs (on CPU), and latency when asked."""
+    def measure(self, final: FitResult) -> Result:
+        """Accuracy of the selected checkpoint, params and MACs (on CPU), the training budget, the
+        channels removed, and latency when asked."""
         cost = measure.cost(self.model.cpu(), self.session.data.input_size)
         self.model.to(self.session.runtime.device)
         dense = self.baseline.result
+        phases, train_size = self.phases.epochs, len(self.session.data.train)
         return Result(
             method=self.name,
             seed=self.seed,
@@ -271,7 +286,10 @@ class MethodRun:
             dense_test_acc=dense.test_acc,
             dense_params=dense.params,
             dense_macs=dense.macs,
-            train_epochs=train_epochs,
+            train_epochs=sum(phases.values()),
+            train_images=sum(phases.values()) * train_size,
+            budget=budget.metrics(phases, train_size),
+            channels_removed=self.origin.channels_removed(self.ctx.units),
             latency=latency_of(self.session, self.model),
         )
 
@@ -284,13 +302,20 @@ class MethodRun:
         return replace(result, run_id=self.run_id)
 
 
-def _method_params(session: Session, name: str, method: Method) -> dict[str, Any]:
-    """What a method run records as MLflow params: its config, sparsity and fine-tune schedules, rule."""
-    cfg = session.cfg.to_dict()
-    return {
-        Param.METHOD: name,
-        Param.METHOD_CONFIG: method.config_dict(),
-        Param.SPARSITY: cfg["sparsity"] or DENSE,
-        Param.FINETUNE_SCHEDULE: asdict(session.cfg.finetune_schedule(name)),
-        Param.PRUNE: cfg["prune"],
+def _schedule_params(run: MethodRun) -> dict[str, Any]:
+    """The schedules a run trained with (after any budget scaling) and the epochs of every phase."""
+    phases = run.phases
+    params: dict[str, Any] = {Param.METHOD: run.name, Param.PRUNE: asdict(run.session.cfg.prune)}
+    params[Param.PHASE_EPOCHS] = {
+        "dense": phases.dense_epochs,
+        "sparsity": [s.epochs for s in phases.sparsity],
+        "finetune": [s.epochs for s in phases.finetune],
+        "scale": phases.scale,
     }
+    if run.control is not None:
+        params[Param.TRAIN_SCHEDULE] = asdict(phases.finetune[-1])
+        return params
+    params[Param.METHOD_CONFIG] = run.method.config_dict()
+    params[Param.SPARSITY] = asdict(phases.sparsity[0]) if phases.sparsity else DENSE
+    params[Param.FINETUNE_SCHEDULE] = asdict(phases.finetune[-1])
+    return params

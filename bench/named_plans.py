@@ -7,6 +7,7 @@ ratio ``p`` keeps ``int(C * (1 - p))`` filters; listed ids are skipped as sensit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.allocation import ratio_keep
@@ -41,15 +42,37 @@ def all_plans() -> list[str]:
     return sorted({f"{m}/{p}" for m, p in NAMED_PLANS})
 
 
+def check_plan(model_name: str, plan: str) -> ResNetPlanSpec | VGGPlanSpec:
+    """The spec of named ``plan`` for ``model_name``; a BenchError listing the valid plans when there
+    is none. A run calls it before any work, so a wrong name never costs a trained baseline."""
+    spec = NAMED_PLANS.get((model_name, plan))
+    if spec is None:
+        own = ", ".join(plans_for(model_name)) or "none"
+        valid = ", ".join(all_plans()) or "none"
+        raise BenchError(
+            f"no named plan '{plan}' for model '{model_name}'; {model_name} has {own}. "
+            f"Named plans (model/plan): {valid}"
+        )
+    return spec
+
+
+def check_one_round(plan: str, rounds: Mapping[str, int]) -> None:
+    """A named plan prescribes the kept filters of the unpruned model, so it is applied once: a
+    method that prunes in rounds (``rounds``: method -> its prune rounds) cannot run it."""
+    several = [f"{name} ({count} rounds)" for name, count in rounds.items() if count > 1]
+    if several:
+        raise BenchError(
+            f"named plan '{plan}' applies to the unpruned model in one round, but {', '.join(several)} "
+            "prune in rounds; drop --plan for them or use --target-flops-reduction"
+        )
+
+
 def named_counts(model_name: str, plan: str, channels: dict[str, int]) -> dict[str, int]:
     """Kept filter counts per unit for named ``plan`` of ``model_name``.
 
     ``channels`` maps the model's unit names (in forward order) to their widths.
     """
-    spec = NAMED_PLANS.get((model_name, plan))
-    if spec is None:
-        valid = ", ".join(all_plans()) or "none"
-        raise BenchError(f"no named plan '{plan}' for model '{model_name}'. Named plans (model/plan): {valid}")
+    spec = check_plan(model_name, plan)
     if isinstance(spec, VGGPlanSpec):
         names = list(channels)
         return {names[conv_id - 1]: kept for conv_id, kept in spec.keep.items()}

@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from bench import measure, provenance, sparsity
-from bench.schema import DENSE, Artifact, Phase, Result, Tag, epoch_metric
+from bench import measure, protocol, provenance, sparsity
+from bench.schema import DENSE, Artifact, Param, Phase, Result, Tag, epoch_metric
 from bench.session import Session
 
 
@@ -45,6 +45,15 @@ def identity_tags(session: Session, method: str) -> dict[str, str]:
     return tags
 
 
+def log_protocol(session: Session, run_id: str, settings: Mapping[str, Any]) -> str:
+    """The protocol's digest as ``bench.protocol`` and its settings as ``protocol.*`` params; returns
+    the digest."""
+    digest = protocol.digest(dict(settings))
+    session.tracker.set_tags(run_id, {Tag.PROTOCOL: digest})
+    session.tracker.log_params(run_id, {Param.PROTOCOL_PREFIX.rstrip("."): settings})
+    return digest
+
+
 def log_history(session: Session, run_id: str, history: list[dict[str, float]]) -> None:
     """The dense baseline's per-epoch statistics (a method's epochs are logged as they happen)."""
     for step, stats in enumerate(history):
@@ -55,6 +64,8 @@ def log_history(session: Session, run_id: str, history: list[dict[str, float]]) 
 def log_finished(session: Session, run_id: str, result: Result, tags: Mapping[str, str], artifacts: list[Path]) -> None:
     """The result's numbers as metrics, its text fields and identity as tags, then FINISHED."""
     tracker = session.tracker
+    if result.method == DENSE:  # a method run logged its protocol when it started
+        log_protocol(session, run_id, protocol.dense_protocol(session.cfg, session.runtime.device.type))
     tracker.log_metrics(run_id, result.metrics(), step=None)
     identity = identity_tags(session, result.method)
     tracker.set_tags(run_id, {**identity, **tags, **result.text_tags(), **provenance.environment()})

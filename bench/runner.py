@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench import inherit, measure, models, provenance, registry
+from bench import controls, inherit, measure, models, named_plans, provenance, registry
 from bench.api import Method
 from bench.baseline import Baseline, dense_baseline
 from bench.config import RunConfig
-from bench.estimate import describe_plan
+from bench.estimate import describe_plan, method_phases, planned_rounds
 from bench.method_run import MethodRun
 from bench.schema import Artifact, Kind, Result, Tag
 from bench.session import EarlyStop, EpochCallback, Say, Session, Workspace, prepare
@@ -49,11 +49,12 @@ Present = Callable[[Outcome], Mapping[str, pd.DataFrame]]  # prints; returns tab
 def run(cfg: RunConfig, *, progress: bool = True, say: Say = print, present: Present | None = None) -> pd.DataFrame:
     """Run every method over every seed; returns one row per (method or dense, seed)."""
     methods = checked_methods(cfg)
-    sources = inherit.plan_sources(cfg, methods)
-    order = inherit.run_order(cfg.methods, sources)
+    rows = controls.controls(cfg)
+    check_budgets(cfg, methods)
+    order = inherit.run_order(controls.expand(cfg), rows)
     work = prepare(cfg, progress)
-    external = inherit.external_sources(work.tracker, sources, cfg.model)
-    say(describe_plan(cfg, work, {name: methods[name] for name in order}, external))
+    external = inherit.external_sources(work.tracker, rows, cfg.model)
+    say(describe_plan(cfg, work, methods, external))
     session = Session(cfg, work, _start_parent(cfg, work), say, external)
     with _parent_ended_on_failure(session):
         results = pd.DataFrame([result.to_row() for result in _all_results(session, order)])
@@ -63,9 +64,21 @@ def run(cfg: RunConfig, *, progress: bool = True, say: Say = print, present: Pre
 
 def checked_methods(cfg: RunConfig) -> dict[str, Method]:
     """Every method of the run, built from its hyperparameters: bad names and values fail now,
-    not after the baseline."""
+    not after the baseline. So does a named plan the model lacks, or one a method would apply in rounds."""
     models.validate_name(cfg.model)
-    return {name: registry.get_method(name).from_params(cfg.method_params(name)) for name in cfg.methods}
+    if cfg.prune.plan is not None:
+        named_plans.check_plan(cfg.model, cfg.prune.plan)
+    names = [name for name in cfg.methods if not controls.is_control(name)]
+    methods = {name: registry.get_method(name).from_params(cfg.method_params(name)) for name in names}
+    if cfg.prune.plan is not None:
+        named_plans.check_one_round(cfg.prune.plan, {name: planned_rounds(cfg, m) for name, m in methods.items()})
+    return methods
+
+
+def check_budgets(cfg: RunConfig, methods: Mapping[str, Method]) -> None:
+    """Every method's phases fit ``--budget`` (``bench.budget.matched`` refuses what cannot)."""
+    for name, method in methods.items():
+        method_phases(cfg, name, method, planned_rounds(cfg, method))
 
 
 def _all_results(session: Session, order: list[str]) -> Iterator[Result]:
@@ -80,6 +93,8 @@ def _all_results(session: Session, order: list[str]) -> Iterator[Result]:
 
 
 def _start_parent(cfg: RunConfig, work: Workspace) -> str:
+    """Start (or resume) the parent run and log the config and environment on it; a failure while
+    logging (a changed config on resume) ends it FAILED with the reason."""
     name = f"{cfg.model} {cfg.data.name} {','.join(cfg.methods) or 'dense'}"
     tags = {
         Tag.KIND: Kind.RUN,
@@ -91,22 +106,19 @@ def _start_parent(cfg: RunConfig, work: Workspace) -> str:
     }
     tracker = work.tracker
     parent_id = tracker.start_run(name, parent_id=None, key=f"run/{cfg.digest()}", tags=tags)
-    tracker.log_params(parent_id, cfg.to_dict())
-    tracker.set_tags(parent_id, provenance.environment())
-    tracker.log_dict(parent_id, cfg.to_dict(), Artifact.CONFIG)
+    with tracker.ended_on_failure(parent_id):
+        tracker.log_params(parent_id, cfg.to_dict())
+        tracker.set_tags(parent_id, provenance.environment())
+        tracker.log_dict(parent_id, cfg.to_dict(), Artifact.CONFIG)
     return parent_id
 
 
 @contextmanager
 def _parent_ended_on_failure(session: Session) -> Iterator[None]:
-    """Whatever ends the run early, the parent run ends KILLED (Ctrl-C) or FAILED with the reason."""
-    try:
+    """Whatever ends the run early, the parent run ends KILLED (Ctrl-C, SIGTERM: ``bench.stopped``)
+    or FAILED (``bench.error``) with the reason (``Tracker.ended_on_failure``)."""
+    with session.tracker.ended_on_failure(session.parent_id):
         yield
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        session.tracker.set_tags(session.parent_id, {Tag.ERROR: repr(exc)[:500]})
-        session.tracker.end_run(session.parent_id, status)
-        raise
 
 
 def _finish_parent(session: Session, results: pd.DataFrame, present: Present | None) -> None:

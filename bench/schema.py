@@ -42,6 +42,9 @@ class Tag:
     BASELINE_REUSED: Final = "bench.baseline_reused"  # "true" when read from the cache
     PLAN_SOURCE: Final = "bench.plan_source"  # an inherited architecture's source ("l1", "run:<id>")
     PLAN_SOURCE_RUN: Final = "bench.plan_source_run"
+    # the protocol digest: every setting that shaped the result except the seed (``bench.protocol``);
+    # reports aggregate runs of one digest only. The settings themselves are params ``protocol.<key>``.
+    PROTOCOL: Final = "bench.protocol"
     # text fields of a result row (``result_tag``): the latency protocol's strings
     LATENCY_DEVICE: Final = "bench.latency_device"
     LATENCY_TIMER: Final = "bench.latency_timer"
@@ -110,10 +113,17 @@ class Param:
     METHOD_CONFIG: Final = "method_config"
     SPARSITY: Final = "sparsity"  # the sparsity schedule, or "dense"
     FINETUNE_SCHEDULE: Final = "finetune_schedule"
-    TRAIN_SCHEDULE: Final = "train_schedule"  # an inherited architecture's training schedule
+    TRAIN_SCHEDULE: Final = "train_schedule"  # a scratch row's training schedule (the dense recipe)
+    PHASE_EPOCHS: Final = "phase_epochs"  # epochs of every phase per round, and the matched-budget scale
     PRUNE: Final = "prune"
     SWEEP: Final = "sweep"  # a sweep parent's spec
     TARGET_FLOPS: Final = "prune.target_flops_reduction"  # read by reports for runs older than Tag.PRUNE_RULE
+    PROTOCOL_PREFIX: Final = "protocol."  # ``protocol.dense.epochs``: one flattened setting of the protocol
+
+
+def protocol_param(key: str) -> str:
+    """The param holding one protocol setting: ``dense.epochs`` -> ``protocol.dense.epochs``."""
+    return f"{Param.PROTOCOL_PREFIX}{key}"
 
 
 class Metric:
@@ -130,7 +140,9 @@ class Metric:
     ACC_CHANGE: Final = "acc_change"  # test_acc - dense_test_acc
     PARAMS_REDUCTION: Final = "params_reduction"  # 1 - params / dense_params
     FLOPS_REDUCTION: Final = "flops_reduction"  # 1 - macs / dense_macs
-    TRAIN_EPOCHS: Final = "train_epochs"  # every epoch that produced the model (the scratch control's budget)
+    TRAIN_EPOCHS: Final = "train_epochs"  # the training budget: every epoch that produced the model
+    TRAIN_IMAGES: Final = "train_images"  # the same budget in training images seen
+    CHANNELS_REMOVED: Final = "channels_removed"  # achieved: 1 - kept / dense prunable channels
     LATENCY_PREFIX: Final = "latency_"
     LATENCY_MEDIAN: Final = "latency_median_ms"  # ms per batch
     LATENCY_IQR: Final = "latency_iqr_ms"
@@ -155,6 +167,15 @@ class Phase:
 def epoch_metric(phase: str, stat: str) -> str:
     """A per-epoch statistic of a phase: ``epoch_metric("finetune", "val_acc")`` -> ``finetune/val_acc``."""
     return f"{phase}/{stat}"
+
+
+BUDGET_PREFIX: Final = "budget/"
+
+
+def budget_metric(phase: str, unit: str) -> str:
+    """One phase's share of the training budget: ``budget_metric("finetune", "epochs")`` ->
+    ``budget/finetune_epochs`` (phases: dense, sparsity, finetune, train; units: epochs, images)."""
+    return f"{BUDGET_PREFIX}{phase}_{unit}"
 
 
 def sparsity_metric(kind: str, eps: float) -> str:
@@ -202,10 +223,12 @@ ROW_HEAD: Final = (  # the first keys of a result row, in order; then latency_*,
     Metric.PARAMS_REDUCTION,
     Metric.FLOPS_REDUCTION,
 )
-RESULT_METRICS: Final = (  # numeric fields logged as metrics, besides latency_* (train_epochs when known)
+RESULT_METRICS: Final = (  # numeric fields logged as metrics, besides latency_* and budget/* (the budget when known)
     Metric.SEED,
     *ROW_HEAD[2:],
     Metric.TRAIN_EPOCHS,
+    Metric.TRAIN_IMAGES,
+    Metric.CHANNELS_REMOVED,
 )
 _DERIVED = frozenset({Metric.ACC_CHANGE, Metric.PARAMS_REDUCTION, Metric.FLOPS_REDUCTION})
 
@@ -227,7 +250,10 @@ class Result:
     dense_test_acc: float
     dense_params: int
     dense_macs: int
-    train_epochs: int | None = None
+    train_epochs: int | None = None  # the training budget (``bench.budget``)
+    train_images: int | None = None
+    budget: Mapping[str, float] = field(default_factory=dict)  # ``budget/<phase>_epochs|images``
+    channels_removed: float | None = None  # achieved fraction of the dense prunable channels removed
     latency: Mapping[str, Any] = field(default_factory=dict)
     run_id: str | None = None
 
@@ -247,8 +273,10 @@ class Result:
         """The flat row of the results table and of ``result.json`` (keys in ``ROW_HEAD`` order)."""
         row = {key: getattr(self, key) for key in ROW_HEAD}
         row.update({f"{Metric.LATENCY_PREFIX}{k}": v for k, v in self.latency.items()})
-        if self.train_epochs is not None:
-            row[Metric.TRAIN_EPOCHS] = self.train_epochs
+        for key in (Metric.TRAIN_EPOCHS, Metric.TRAIN_IMAGES, Metric.CHANNELS_REMOVED):
+            if getattr(self, key) is not None:
+                row[key] = getattr(self, key)
+        row.update(self.budget)
         if self.run_id is not None:
             row["run_id"] = self.run_id
         return row
@@ -258,8 +286,9 @@ class Result:
         """The inverse of ``to_row``; derived fields (acc_change, reductions) are recomputed, not read."""
         prefix = Metric.LATENCY_PREFIX
         latency = {k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix)}
+        budget = {k: v for k, v in row.items() if k.startswith(BUDGET_PREFIX)}
         known = {k: v for k, v in row.items() if k in _FIELDS}
-        return cls(**known, latency=latency)
+        return cls(**known, latency=latency, budget=budget)
 
     def metrics(self) -> dict[str, float]:
         """The numeric fields, as MLflow metrics (``seed`` included, ``run_id`` never)."""
@@ -274,7 +303,7 @@ class Result:
         return {result_tag(k): str(v) for k, v in row.items() if not _numeric(v)}
 
 
-_FIELDS = frozenset(ROW_HEAD) - _DERIVED | {Metric.TRAIN_EPOCHS, "run_id"}
+_FIELDS = frozenset(ROW_HEAD) - _DERIVED | {Metric.TRAIN_EPOCHS, Metric.TRAIN_IMAGES, Metric.CHANNELS_REMOVED, "run_id"}
 
 
 def _numeric(value: Any) -> bool:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bench import datasets
-from bench.api import Inherited
 from bench.config import RunConfig
+from bench.controls import Inherited
 from bench.errors import EarlyStop
 from bench.paths import Paths, prepare_results_dir
 from bench.tracking import Tracker, resolve_tracking_uri

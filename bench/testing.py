@@ -9,9 +9,6 @@ Checks: the config round-trips through JSON; the hooks run through a real (short
 importance gives one finite score per channel of every unit; the plan meets the FLOPs target
 within 1 percentage point and never empties a unit; surgery makes the model physically smaller
 (params and MACs drop) and it still runs forward and backward; the same seed gives the same plan.
-A method that inherits another's architecture (``plan_source``, e.g. scratch) is checked on an
-``l1`` plan instead: the replayed model has the source's cost, fresh weights that the seed
-reproduces, and it trains; its schedule has at least one epoch.
 Synthetic images are enough here: the kit checks interfaces and shapes, not accuracy.
 """
 
@@ -25,11 +22,11 @@ import torch
 from torch import nn
 
 from bench import measure, models, surgery
-from bench.api import Context, Inherited, Method
+from bench.api import Context, Method
 from bench.config import PruneConfig, Schedule
 from bench.datasets import DatasetSplits, Split
 from bench.plan import PruningPlan
-from bench.pruning import default_plan, inherited_model
+from bench.pruning import default_plan
 from bench.registry import get_method
 from bench.training import Runtime, fit, seed_everything
 
@@ -75,9 +72,6 @@ def check_method(method: str | type[Method], model: str = "resnet20", target: fl
     cls = get_method(method) if isinstance(method, str) else method
     assert issubclass(cls, Method), f"{cls!r} is not a bench.api.Method subclass"
     check_config_roundtrip(cls)
-    if cls().plan_source(("l1", cls.name)) is not None:
-        check_inherited(cls, model, target, seed)
-        return
     first = run_pipeline(cls, model, target, seed)
     check_plan(first, target)
     second = run_pipeline(cls, model, target, seed)
@@ -144,30 +138,6 @@ def prune_once(model: nn.Module, method: Method, ctx: Context) -> PruningPlan:
     return method.allocate(model, scores, ctx) or default_plan(
         ctx.prune, ctx.model_name, model, ctx.units, scores, backend=backend, input_size=ctx.input_size
     )
-
-
-def check_inherited(cls: type[Method], model_name: str, target: float, seed: int) -> None:
-    """Replay an ``l1`` plan the way the harness does for ``cls`` and check the result."""
-    source = run_pipeline(get_method("l1"), model_name, target, seed)
-    inherited = Inherited("l1", None, (source.plan,), 3, source.pruned_cost.macs, source.dense_cost.macs)
-    schedule = cls().inherited_schedule(Schedule(epochs=2, batch_size=32, lr=0.01), inherited)
-    assert schedule.epochs >= 1, f"{cls.name}: inherited schedule has {schedule.epochs} epochs"
-    data = synthetic_splits(seed=seed)
-
-    def replay() -> nn.Module:
-        fresh = seed if cls.start == "scratch" else None
-        return inherited_model(model_name, data.num_classes, data.input_size, [source.plan], fresh_init_seed=fresh)
-
-    model, again = replay(), replay()
-    cost = measure.cost(model, data.input_size)
-    assert cost == source.pruned_cost, f"{cls.name}: replayed architecture costs {cost}, source {source.pruned_cost}"
-    for (name, mine), repeat in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
-        assert torch.equal(mine, repeat), f"{cls.name}: '{name}' differs between two replays with one seed"
-    if cls.start == "scratch":
-        conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-        mine, theirs = model.get_submodule(conv).weight, source.model.get_submodule(conv).weight
-        assert not torch.equal(mine, theirs), f"{cls.name}: '{conv}' kept the source's weights, not a fresh init"
-    check_forward_backward(cls.name, model, data)
 
 
 def check_scores(name: str, scores: dict[str, torch.Tensor], ctx: Context) -> None:

@@ -12,6 +12,10 @@ Reading goes through ``bench.store`` (the one MLflow reader): ``Tracker.store`` 
 same client, which the look-ups here (``find_finished``, ``get_run``, ``read_json``) use. Tag names
 come from ``bench.schema``.
 
+Nothing left open: ``Tracker.ended_on_failure`` ends a run FAILED or KILLED with the reason when
+its body raises, and every run a process starts is remembered until it ends, so the CLI's safety
+net (``bench.lifecycle``) ends, through ``end_open_runs``, whatever a command left open when it fails.
+
 Stores: the default is an embedded sqlite database under ``results/`` with artifacts beside it in
 ``results/mlartifacts``. A team points ``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``) at an MLflow
 server, which then decides where artifacts go.
@@ -23,7 +27,8 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -37,7 +42,7 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from bench.errors import BenchError
+from bench.errors import BenchError, EarlyStop
 from bench.schema import PARENT_TAG, Tag
 from bench.store import ENV_URI, Store, check_server, open_error, quote, sqlite_path
 
@@ -50,8 +55,11 @@ KEY_TAG = Tag.KEY
 RESUMES_TAG = Tag.RESUMES
 
 EndStatus = Literal["FINISHED", "FAILED", "KILLED"]
+EarlyEnd = Literal["FAILED", "KILLED"]  # how a run stopped before its end ends
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _TRUNCATED = "...[truncated]"
+_REASON_TAG: dict[str, str] = {"FAILED": Tag.ERROR, "KILLED": Tag.STOPPED}  # where an early end says why
+_REASON_CHARS = 500  # a repr is enough to tell what stopped the run; the CLI prints the rest
 _T = TypeVar("_T")
 
 
@@ -84,6 +92,26 @@ def flatten(params: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]
     return flat
 
 
+def ending(exc: BaseException) -> EarlyEnd:
+    """How a run stopped by ``exc`` ends: KILLED when stopped on purpose (Ctrl-C, SIGTERM, an early
+    stopped trial), FAILED for anything else."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt | EarlyStop) else "FAILED"
+
+
+def open_runs() -> frozenset[str]:
+    """Ids of the runs this process started (or reopened) and has not ended."""
+    return frozenset(_OPEN)
+
+
+def end_open_runs(status: EarlyEnd, reason: str, *, keep: Collection[str] = ()) -> list[str]:
+    """End every run this process left open, except ``keep``, with ``status`` and ``reason``: the
+    safety net for a run opened by a code path without its own ``ended_on_failure``. Returns their ids."""
+    ended = [run_id for run_id in list(_OPEN) if run_id not in keep]
+    for run_id in ended:
+        _OPEN[run_id].end_with_reason(run_id, status, reason)
+    return ended
+
+
 def _truncate(value: str, limit: int) -> str:
     """Cut ``value`` to ``limit`` characters with a visible marker (MLflow rejects longer values)."""
     return value if len(value) <= limit else value[: limit - len(_TRUNCATED)] + _TRUNCATED
@@ -107,6 +135,9 @@ def _check_writable(db: Path, uri: str) -> None:
         raise BenchError(f"the tracking directory {directory} is not writable (store {uri}); {fix}")
     if db.exists() and not os.access(db, os.R_OK | os.W_OK):
         raise BenchError(f"the tracking database {db} is not writable; {fix}")
+
+
+_OPEN: dict[str, Tracker] = {}  # run id -> the Tracker that started or reopened it and has not ended it
 
 
 class Tracker:
@@ -176,13 +207,15 @@ class Tracker:
             run_id = run.info.run_id
             resumes = int(run.data.tags.get(RESUMES_TAG, "0")) + 1
             self.client.update_run(run_id, status="RUNNING")
+            _OPEN[run_id] = self
             self.set_tags(run_id, {**tags, RESUMES_TAG: str(resumes)})
             return run_id
         tags[KEY_TAG] = key
         if parent_id is not None:
             tags[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
-        return run.info.run_id
+        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        _OPEN[run_id] = self
+        return run_id
 
     def find_finished(self, key: str, *, parent_id: str | None = None) -> str | None:
         """The newest FINISHED run with ``key`` under ``parent_id``, or None: lets callers skip work."""
@@ -201,12 +234,32 @@ class Tracker:
         """Mark a run RUNNING again (a sweep that is extended or joined by another machine)."""
         self.get_run(run_id)
         self.client.update_run(run_id, status="RUNNING")
+        _OPEN[run_id] = self
 
     def end_run(self, run_id: str, status: EndStatus = "FINISHED") -> None:
         """Mark the run terminated; a run left RUNNING or FAILED/KILLED is resumable by its key."""
         if status not in _END_STATUSES:
             raise ValueError(f"end status must be one of {', '.join(_END_STATUSES)}, got {status!r}")
         self.client.set_terminated(run_id, status=status)
+        _OPEN.pop(run_id, None)
+
+    def end_with_reason(self, run_id: str, status: EarlyEnd, reason: str) -> None:
+        """End a run early, FAILED or KILLED, with ``reason`` in ``bench.error`` or ``bench.stopped``.
+        Best effort: the store may be what failed, and the caller's exception matters more than ours."""
+        with suppress(Exception):
+            self.set_tags(run_id, {_REASON_TAG[status]: reason[:_REASON_CHARS]})
+        with suppress(Exception):
+            self.end_run(run_id, status)
+
+    @contextmanager
+    def ended_on_failure(self, run_id: str) -> Iterator[None]:
+        """Whatever stops the body (an error, Ctrl-C, SIGTERM, an early stop) ends ``run_id`` KILLED or
+        FAILED (``ending``) with the exception's repr as the reason, then propagates."""
+        try:
+            yield
+        except BaseException as exc:
+            self.end_with_reason(run_id, ending(exc), repr(exc))
+            raise
 
     # ------------------------------------------------------------------------- params and tags
 
@@ -296,6 +349,9 @@ __all__ = [
     "RESUMES_TAG",
     "Tracker",
     "default_tracking_uri",
+    "end_open_runs",
+    "ending",
     "flatten",
+    "open_runs",
     "resolve_tracking_uri",
 ]

@@ -227,8 +227,10 @@ def fit(
     checkpoint: Path | None = None,
     desc: str = "train",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    keep: str = "best_val",
 ) -> FitResult:
-    """Train ``model`` in place for ``schedule.epochs``; it ends holding the best-val weights."""
+    """Train ``model`` in place for ``schedule.epochs``; it ends holding the best-val weights, or the
+    last epoch's with ``keep="last"`` (the result's accuracies are the best-val epoch's either way)."""
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(model, schedule)
     loader = train_loader(data, schedule, runtime, seed)
@@ -237,15 +239,8 @@ def fit(
     if ctx is not None:
         ctx.epochs, ctx.steps_per_epoch, ctx.train_size = schedule.epochs, len(loader), len(data.train)
     total = schedule.epochs * len(loader)
-    bar = tqdm(
-        total=total,
-        initial=(state.epoch + 1) * len(loader),
-        desc=desc,
-        unit="step",
-        disable=not runtime.progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    initial = (state.epoch + 1) * len(loader)
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not runtime.progress, leave=False)
     trainer = EpochTrainer(model, loader, optimizer, schedule, runtime, method, ctx, desc, lambda: bar.update(1))
     try:
         for epoch in range(state.epoch + 1, schedule.epochs):
@@ -263,7 +258,7 @@ def fit(
         bar.close()
         trainer.close()
     state.result.compile_status = trainer.compile_status
-    return _finish(state, model)
+    return _finish(state, model) if keep == "best_val" else state.result
 
 
 @dataclass

@@ -39,6 +39,12 @@ class Record:
     speedup: float | None = None  # the dense row's mean latency over this row's
     convention: str | None = None  # how a published source counts FLOPs ("MACs", "2x MACs")
     source: str | None = None  # the paper a published row is copied from
+    plan: str | None = None  # the named pruning plan these runs used (e.g. "l1-a"), if any
+    epochs: float | None = None  # the training budget: mean of the runs' train_epochs
+    images: float | None = None  # the same budget in training images seen
+    channels_red: Summary | None = None  # achieved share of prunable channels removed, in percent
+    prune_rule: str | None = None  # the rule these runs pruned by ("target_flops_reduction", ...)
+    settings: str = ""  # protocol settings rows are compared within (bold): "dense.epochs=4"
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class Column:
     over seeds, shown as mean +- std) or "number" (a float). Shown values are ``value * scale`` with
     ``digits`` decimals; CSV values are rounded to ``csv_digits``. ``header`` None: CSV only;
     ``csv_name`` None: table only; ``csv_std``: the CSV column of the std over seeds, if any.
-    ``optional``: shown only when a row of the table has a latency.
+    ``optional``: shown only when the table needs it ("latency": a row has a latency; "channels":
+    a row pruned by a channel rule). ``trim``: no trailing zeros ("200", "2.4").
     """
 
     header: str | None
@@ -63,7 +70,8 @@ class Column:
     csv_digits: int = 4
     signed: bool = False
     suffix: str = ""
-    optional: bool = False
+    optional: str | None = None
+    trim: bool = False
 
     def value(self, record: Record) -> Any:
         return getattr(record, self.key)
@@ -77,7 +85,10 @@ class Column:
             return "-"
         if self.kind == "summary":
             return value.text(self.scale, self.digits, self.signed)
-        return f"{value * self.scale:.{self.digits}f}{self.suffix}"
+        text = f"{value * self.scale:.{self.digits}f}"
+        if self.trim and "." in text:
+            text = text.rstrip("0").rstrip(".")
+        return f"{text}{self.suffix}"
 
     def csv(self, record: Record) -> dict[str, Any]:
         """This column's CSV field(s) for ``record``: the raw value, or the scaled and rounded mean (and std)."""
@@ -108,6 +119,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("method", "label", csv_name="method"),
     Column(None, "target", csv_name="target"),
     Column("n", "n", csv_name="n"),
+    Column("epochs", "epochs", "number", digits=1, csv_name="train_epochs", trim=True),
+    Column(None, "images", "number", csv_name="train_images", csv_digits=0),
     Column("base acc (%)", "base_acc", "summary", PERCENT, csv_name="base_acc_mean"),
     Column("test acc (%)", "test_acc", "summary", PERCENT, better="higher", csv_name="test_acc_mean",
            csv_std="test_acc_std"),
@@ -117,16 +130,26 @@ COLUMNS: tuple[Column, ...] = (
     Column("params red. (%)", "params_red", "summary", digits=1, better="higher", csv_name="params_red_pct"),
     Column("FLOPs (M MACs)", "macs", "number", MILLIONS, 2, csv_name="macs_m", csv_digits=6),
     Column("FLOPs red. (%)", "flops_red", "summary", digits=1, better="higher", csv_name="flops_red_pct"),
-    Column("latency (ms)", "latency", "summary", better="lower", csv_name="latency_ms", optional=True),
-    Column("speed-up", "speedup", "number", better="higher", csv_name="speedup", suffix="x", optional=True),
+    Column("channels red. (%)", "channels_red", "summary", digits=1, csv_name="channels_red_pct",
+           optional="channels"),
+    Column("latency (ms)", "latency", "summary", better="lower", csv_name="latency_ms", optional="latency"),
+    Column("speed-up", "speedup", "number", better="higher", csv_name="speedup", suffix="x", optional="latency"),
 )  # fmt: skip
+CHANNEL_RULES = ("channel_fraction", "layer_ratio")  # rules under which a table shows the channels removed
 BY_KEY = {c.key: c for c in COLUMNS}
 CSV_FIELDS = ["group"] + [name for c in COLUMNS for name in (c.csv_name, c.csv_std) if name]
 
 
-def shown(with_latency: bool) -> tuple[Column, ...]:
-    """The columns a table displays, in order; the latency ones only ``with_latency``."""
-    return tuple(c for c in COLUMNS if c.header is not None and (with_latency or not c.optional))
+def needed(records: list[Record]) -> set[str]:
+    """The optional columns ``records`` need: "latency" when one has a latency, "channels" when one
+    pruned by a channel rule (under a FLOPs target the channels removed is a by-product)."""
+    found = {"latency"} if any(r.latency is not None for r in records) else set()
+    return found | ({"channels"} if any(r.prune_rule in CHANNEL_RULES for r in records) else set())
+
+
+def shown(optional: set[str]) -> tuple[Column, ...]:
+    """The columns a table displays, in order; an optional one only when named in ``optional``."""
+    return tuple(c for c in COLUMNS if c.header is not None and (c.optional is None or c.optional in optional))
 
 
 @dataclass
@@ -141,6 +164,7 @@ class Table:
     bold: set[tuple[int, str]] = field(default_factory=set)  # (row, header)
     footnotes: list[str] = field(default_factory=list)
     comparisons: list[str] = field(default_factory=list)
+    legend: list[str] = field(default_factory=list)  # what a column counts: LaTeX and HTML footnotes only
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=self.columns)

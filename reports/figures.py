@@ -39,7 +39,8 @@ def accuracy_vs_flops(runs: pd.DataFrame, title: str = "") -> Figure | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     trials = ours[ours["trial"].notna()] if "trial" in ours else ours.iloc[:0]
     runs_only = ours.drop(trials.index)
-    for method, rows in runs_only.groupby("method", sort=False):
+    series = "series" if "series" in runs else "method"  # a table row less its target: one protocol
+    for method, rows in runs_only.groupby(series, sort=False):
         points = rows.groupby(rows["flops_reduction"].round(3))["test_acc"].agg(["mean", "std"]).sort_index()
         ax.errorbar(
             points.index * 100, points["mean"] * 100, yerr=points["std"].fillna(0) * 100, marker="o", capsize=3,
@@ -51,9 +52,10 @@ def accuracy_vs_flops(runs: pd.DataFrame, title: str = "") -> Figure | None:
         )
         front = pareto_front(trials["flops_reduction"], trials["best_val_acc"])
         ax.plot(front[:, 0] * 100, front[:, 1] * 100, "k-", lw=1.2, label="Pareto front (val)")
-    dense = runs[runs["method"] == "dense"]["test_acc"].dropna()
-    if not dense.empty:
-        ax.axhline(dense.mean() * 100, color="grey", ls="--", lw=1, label=f"dense ({dense.mean() * 100:.2f}%)")
+    dense = runs[runs["method"] == "dense"].dropna(subset=["test_acc"])
+    for name, rows in dense.groupby(series, sort=False):  # one line per dense protocol
+        mean = rows["test_acc"].mean() * 100
+        ax.axhline(mean, color="grey", ls="--", lw=1, label=f"{name} ({mean:.2f}%)")
     ax.set_xlabel("FLOPs reduction (%, conv+linear MACs)")
     ax.set_ylabel("test accuracy (%)" if trials.empty else "accuracy (%): test for runs, val for trials")
     return _finish(fig, ax, title or "accuracy against FLOPs reduction")
@@ -77,10 +79,11 @@ def accuracy_vs_latency(runs: pd.DataFrame, title: str = "") -> Figure | None:
     timed = runs.dropna(subset=["latency_median_ms", "test_acc"])
     if timed.empty:
         return None
-    from reports.tables import row_labels
+    from reports.rows import prepare, row_labels
 
+    labels = timed["row"] if "row" in timed else row_labels(prepare(timed)).set_axis(timed.index)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method, rows in timed.groupby(row_labels(timed), sort=False):
+    for method, rows in timed.groupby(labels, sort=False):
         ax.errorbar(
             rows["latency_median_ms"].mean(), rows["test_acc"].mean() * 100,
             xerr=rows["latency_median_ms"].std() if len(rows) > 1 else 0,

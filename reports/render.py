@@ -1,7 +1,9 @@
 """Writers of :class:`~reports.columns.Table`: Markdown, LaTeX (booktabs), an HTML fragment and CSV.
 
 The display text and bold cells are already in the table; the CSV is written from the records behind
-the rows, through :data:`reports.columns.COLUMNS`, so a column's CSV name lives with its header.
+the rows, through :data:`reports.columns.COLUMNS`, so a column's CSV name lives with its header. A
+table's legend (what a column counts) is a footnote of the LaTeX and HTML documents only: Markdown is
+also what ``bench run`` prints, where it would repeat under every table.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _latex(table: Table) -> str:
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{latex_escape(table.title)}}}"]
     lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", header, r"\midrule", *_latex_body(table)]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    notes = [latex_escape(n) for n in table.footnotes + table.comparisons]
+    notes = [latex_escape(n) for n in table.footnotes + table.legend + table.comparisons]
     if notes:
         lines += [r"\par\smallskip\footnotesize", r" \\ ".join(notes)]
     lines.append(r"\end{table}")
@@ -103,7 +105,7 @@ def _html(table: Table) -> str:
     for i in range(len(table.rows)):
         cells = "".join(f"<td>{_cell(table, i, c, lambda t: f'<b>{t}</b>', html.escape)}</td>" for c in table.columns)
         rows.append(f'<tr class="{table.kinds[i]}">{cells}</tr>')
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes + table.comparisons)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes + table.legend + table.comparisons)
     return (
         f"<h3>{html.escape(table.title)}</h3>\n<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
         + "\n".join(rows)

@@ -17,7 +17,7 @@ import pandas as pd
 from bench.errors import BenchError, unknown_name
 from reports import figures, source
 from reports.reference import load_published
-from reports.tables import Table, build_tables, groups, render
+from reports.tables import Table, build_tables, groups, render, selected_runs
 
 FORMATS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 ENV_COLUMNS = ["git_sha", "git_dirty", "device", "torch", "cuda", "python", "mlflow"]
@@ -26,7 +26,9 @@ ENV_COLUMNS = ["git_sha", "git_dirty", "device", "torch", "cuda", "python", "mlf
 @dataclass(frozen=True)
 class ReportRequest:
     """Where the runs come from (``export`` file, else MLflow ``tracking_uri`` with one selection),
-    the format, where files go, how rows are grouped, and what is added."""
+    the format, where files go, how rows are grouped (run columns or protocol settings, checked
+    against the runs read), and what is added (``trials``: sweep trials beside the runs; a
+    ``sweep`` report always shows its trials)."""
 
     tracking_uri: str | None = None
     export: str | None = None
@@ -39,6 +41,7 @@ class ReportRequest:
     published: bool = False
     compare_to: str | None = None
     save_export: str | None = None
+    trials: bool = False
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
@@ -46,9 +49,10 @@ class ReportRequest:
         selections = [x for x in (self.experiment, self.sweep, self.run_ids or None) if x]
         if len(selections) > 1 and not (self.sweep and self.experiment and not self.run_ids):
             raise BenchError("choose one of --experiment, --sweep or --runs (--sweep may name its --experiment)")
-        bad = [g for g in self.group_by if g not in source.COLUMNS]
-        if bad:
-            raise BenchError(f"cannot group by {', '.join(bad)}; valid: model, dataset, data_label, target, study")
+
+    @property
+    def with_trials(self) -> bool:
+        return self.trials or self.sweep is not None
 
 
 @dataclass
@@ -75,7 +79,9 @@ def build_report(request: ReportRequest) -> Report:
     if request.save_export:
         source.save_export(runs, request.save_export)
     reference = load_published() if request.published else None
-    tables = build_tables(runs, request.group_by, reference=reference, compare_to=request.compare_to)
+    tables = build_tables(
+        runs, request.group_by, reference=reference, compare_to=request.compare_to, trials=request.with_trials
+    )
     text = render(tables, request.fmt if request.fmt != "html" else "md")
     report = Report(runs, tables, text, {}, [])
     if request.out or request.fmt == "html":
@@ -86,9 +92,12 @@ def build_report(request: ReportRequest) -> Report:
 
 
 def make_figures(runs: pd.DataFrame, request: ReportRequest, folder: Path) -> dict[str, list[Path]]:
-    """Every figure the runs hold data for, per group of the table."""
+    """Every figure the runs hold data for, per group of the table: of the runs the tables count,
+    one line per row of a table (less its target)."""
     made: dict[str, list[Path]] = {}
-    for key, group in groups(runs, [k for k in request.group_by if k in runs]):
+    runs = selected_runs(runs, request.with_trials)
+    columns = [source.group_column(runs, k) for k in request.group_by]
+    for key, group in groups(runs, [c for c in columns if c in runs]):
         parts = [str(k) for k in key if not pd.isna(k)]
         suffix, title = "_".join(parts) or "all", " / ".join(parts)
         candidates = {
@@ -107,15 +116,15 @@ def make_figures(runs: pd.DataFrame, request: ReportRequest, folder: Path) -> di
 
 
 def _artifacts(group: pd.DataFrame, request: ReportRequest, name: str) -> dict[str, Any]:
-    """One run per method (its lowest seed): the named JSON artifact, by method label."""
+    """One run per row of the table, less its target (its lowest seed): the named JSON artifact, by label."""
     found = {}
-    first = group.sort_values("seed", kind="stable").drop_duplicates(subset=["method"])
-    for row in first.itertuples(index=False):
-        if name == "plans.json" and row.method == "dense":
+    first = group.sort_values("seed", kind="stable").drop_duplicates(subset=["series"])
+    for run_id, method, series, seed in first[["run_id", "method", "series", "seed"]].itertuples(index=False):
+        if name == "plans.json" and method == "dense":
             continue
-        data = source.read_artifact(request.tracking_uri, row.run_id, name)
+        data = source.read_artifact(request.tracking_uri, run_id, name)
         if data is not None:
-            found[f"{row.method} s{row.seed}"] = data
+            found[f"{series} s{seed}"] = data
     return found
 
 

@@ -3,10 +3,17 @@
 One row per finished run of a method or of the dense baseline: what ``bench run`` and ``bench
 sweep`` logged, read back, never recomputed, and never through torch. Older runs that lack the
 per-run identity tags (model, dataset) take them from their parent run.
+
+The ``protocol`` column is the run's protocol digest (``bench.protocol``: every setting that shaped
+the result except the seed); each setting is a column ``protocol.<key>`` (``protocol.dense.epochs``),
+its text as MLflow stores it, None when unset. Runs logged before the digest existed get a stand-in
+that never pools runs of different configs: ``cfg:<the parent's bench.config_hash>``, else
+``run:<parent run id>``, else ``unknown``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bench.errors import BenchError
+from bench.errors import BenchError, closest
 from bench.schema import PARENT_TAG, Env, Metric, Param, Tag
 
 if TYPE_CHECKING:
@@ -33,6 +40,8 @@ METRICS = [  # the result metrics a report reads, in column order
     Metric.FLOPS_REDUCTION,
     Metric.PARAMS_REDUCTION,
     Metric.TRAIN_EPOCHS,
+    Metric.TRAIN_IMAGES,
+    Metric.CHANNELS_REMOVED,
     Metric.LATENCY_MEDIAN,
     Metric.LATENCY_IQR,
 ]
@@ -48,7 +57,8 @@ TAGS = {  # column -> tag
     "plan_source": Tag.PLAN_SOURCE,
     "study": Tag.STUDY,
     "trial": Tag.TRIAL,
-    "latency_batch_size": Tag.LATENCY_BATCH_SIZE,
+    "config_hash": Tag.CONFIG_HASH,  # on the parent run
+    "latency_batch_size": Tag.LATENCY_BATCH_SIZE,  # older writers; bench run logs the metric (read first)
     "latency_device": Tag.LATENCY_DEVICE,
     "git_sha": Env.GIT_SHA,
     "git_dirty": Env.GIT_DIRTY,
@@ -58,8 +68,11 @@ TAGS = {  # column -> tag
     "python": Env.PYTHON,
     "mlflow": Env.MLFLOW,
 }
-COLUMNS = ["run_id", "parent_id", "experiment", *TAGS, *METRICS, "target", "start_time"]
+COLUMNS = ["run_id", "parent_id", "experiment", "protocol", *TAGS, *METRICS, "target", "plan", "start_time"]
 TARGET_RULE = "target_flops_reduction"  # the prune rule whose value is a report's ``target`` column
+SETTING = Param.PROTOCOL_PREFIX  # the column of one protocol setting: ``protocol.dense.epochs``
+GROUP_KEYS = ("experiment", "protocol", *TAGS, "target", "plan")  # groupable columns, besides the settings
+PLAN_RULE = "plan"  # the prune rule whose value (a named plan, e.g. "l1-a") is the ``plan`` column
 
 
 def load_mlflow(
@@ -115,8 +128,11 @@ def _row(run, parent_tags: dict[str, str]) -> dict[str, Any]:
     }
     for column, tag in TAGS.items():
         row[column] = tags.get(tag, parent_tags.get(tag))
+    row["protocol"] = tags.get(Tag.PROTOCOL)  # the run's own: a parent's would describe other runs
     for metric in METRICS:
         row[metric] = metrics.get(metric)
+    row["latency_batch_size"] = metrics.get(Metric.LATENCY_BATCH_SIZE, row["latency_batch_size"])
+    row.update({k: v for k, v in params.items() if k.startswith(SETTING)})
     if row["prune_rule"] is None and Param.TARGET_FLOPS in params:  # runs before the identity tags
         value = params[Param.TARGET_FLOPS]
         if value not in ("None", ""):
@@ -126,19 +142,64 @@ def _row(run, parent_tags: dict[str, str]) -> dict[str, Any]:
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     """Every column of COLUMNS with its dtype; ``target`` is the requested FLOPs reduction (NaN when
-    the rule was another or the run is dense)."""
+    the rule was another or the run is dense), ``plan`` the named plan (None unless the rule was a plan)."""
     frame = frame.copy()
     for column in COLUMNS:
         if column not in frame:
             frame[column] = None
-    for column in [*METRICS, "start_time"]:
+    for column in [*METRICS, "start_time", "latency_batch_size"]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
     frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce").astype("Int64")
     is_target = frame["prune_rule"] == TARGET_RULE
     frame["target"] = pd.to_numeric(frame["prune_value"].where(is_target), errors="coerce")
+    frame["plan"] = frame["prune_value"].where(frame["prune_rule"] == PLAN_RULE)
+    frame["protocol"] = frame["protocol"].where(frame["protocol"].notna(), stand_in_protocol(frame))
+    settings = setting_columns(frame)
+    for column in settings:
+        frame[column] = frame[column].map(setting_text).astype(object)
     # chronological inside a group, so methods appear in the order they were run (as bench run lists them)
-    return frame[COLUMNS].sort_values(["model", "dataset", "start_time"], kind="stable", ignore_index=True)
+    ordered = frame[COLUMNS + settings]
+    return ordered.sort_values(["model", "dataset", "start_time"], kind="stable", ignore_index=True)
+
+
+def stand_in_protocol(frame: pd.DataFrame) -> pd.Series:
+    """The digest of runs logged without one: ``cfg:<parent's config hash>``, ``run:<parent id>`` or
+    ``unknown:<prune rule>=<value>``; it splits runs of different commands (and pruning targets) and
+    pools only reruns of one config."""
+    rule = "unknown:" + frame["prune_rule"].astype(object).astype(str) + "=" + frame["prune_value"].astype(str)
+    by_parent = ("run:" + frame["parent_id"].astype(object).astype(str)).where(frame["parent_id"].notna(), rule)
+    by_config = "cfg:" + frame["config_hash"].astype(object).astype(str)
+    return by_config.where(frame["config_hash"].notna(), by_parent).astype(object)
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``protocol.<key>`` columns of ``frame``, sorted."""
+    return sorted(c for c in frame.columns if str(c).startswith(SETTING))
+
+
+def setting_text(value: Any) -> str | None:
+    """A setting as text; None for a missing value or MLflow's "None" (an unset setting)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or value == "None":
+        return None
+    return str(value)
+
+
+def group_column(frame: pd.DataFrame, key: str) -> str:
+    """The column of ``--group-by`` key ``key``: a run column (model, target, ...) or a protocol
+    setting (``dense.epochs`` or ``protocol.dense.epochs``); BenchError naming the valid keys."""
+    if key in GROUP_KEYS:
+        return key
+    for column in (f"{SETTING}{key}", key):
+        if column.startswith(SETTING) and column in frame.columns:
+            return column
+    valid = sorted({*GROUP_KEYS, *(c.removeprefix(SETTING) for c in setting_columns(frame))})
+    hint = closest(key, valid)
+    suggestion = f" Did you mean '{hint}'?" if hint else ""
+    raise BenchError(
+        f"cannot group by '{key}': no such column or protocol setting in the selected runs.{suggestion} "
+        f"Valid keys: {', '.join(valid)}."
+    )
 
 
 def load_export(path: str | Path) -> pd.DataFrame:
@@ -149,7 +210,9 @@ def load_export(path: str | Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return tidy(pd.read_parquet(path))
     if path.suffix == ".csv":
-        return tidy(pd.read_csv(path, dtype={"run_id": str, "parent_id": str, "git_sha": str}))
+        settings = setting_columns(pd.read_csv(path, nrows=0))  # text, as MLflow stores them: "4", not 4.0
+        text = ["run_id", "parent_id", "git_sha", "protocol", "config_hash", *settings]
+        return tidy(pd.read_csv(path, dtype=dict.fromkeys(text, str)))
     raise BenchError(f"export {path}: use a .csv or .parquet file")
 
 

@@ -2,10 +2,12 @@
 
 Input: one row per (method or dense, seed) run, with columns method, seed, test_acc,
 dense_test_acc, params, dense_params, macs, dense_macs (accuracies as fractions, MACs per image)
-and optionally model, dataset, data_label, target, latency_median_ms. Output: one table per group
-(model and dataset by default) with the dense baseline first and one row per method (and per
-FLOPs target when a method ran at several), cells mean +- std over seeds (n shown; one seed: no
-std), the best of our rows in bold, published rows interleaved after ours and marked, and
+and optionally model, dataset, data_label, target, protocol (the digest), protocol.<setting>,
+train_epochs, latency_median_ms. Output: one table per group (model and dataset by default) with
+the dense baseline first and one row per protocol digest of each method (:mod:`reports.rows`:
+labelled by the FLOPs target and the settings that differ; repeats and sweep trials set aside),
+cells mean +- std over seeds (n shown; one seed: no std), the budget in epochs, the best of our
+rows at the same target and settings in bold, published rows interleaved after ours and marked, and
 footnotes. The columns are declared in :mod:`reports.columns`; :func:`render` (from
 :mod:`reports.render`) writes Markdown, LaTeX (booktabs), CSV or an HTML fragment.
 """
@@ -14,12 +16,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from reports.columns import BY_KEY, COLUMNS, Column, Record, Table, shown
+from bench.schema import DENSE
+from reports.columns import BY_KEY, COLUMNS, Column, Record, Table, needed, shown
+from reports.reference import FLOPS_TOLERANCE, matches
 from reports.render import format_table, latex_escape, render
+from reports.rows import Row, dense_for, partition, prepare, row_labels, select
+from reports.source import group_column
 from reports.stats import Summary, paired_difference
 
 __all__ = [
@@ -31,13 +38,39 @@ __all__ = [
     "latex_escape",
     "render",
     "row_labels",
+    "selected_runs",
 ]
 
 PUBLISHED_NOTE = (
     "published rows are copied from the papers (results/reference/published.csv): original CIFAR "
     "images, checkpoint selected on the test set; ours select on a validation split"
 )
+MATCH_NOTE = (
+    "a published row sits beside our runs of the same method at the same named plan, or at a requested "
+    "FLOPs target within {tolerance:.0f} pp of the row's FLOPs reduction; published rows at other operating "
+    "points are left out"
+)
+PUBLISHED_STD_NOTE = "a published +- is the std the paper reports over its own runs"
+NOT_REPRODUCIBLE = "not reproducible here"
+NOT_REPRODUCIBLE_NOTE = (
+    f"rows marked '{NOT_REPRODUCIBLE}' cannot be rerun by this harness (the reason follows the mark); "
+    "they are shown for reference and matched to none of our runs"
+)
+BUDGET_NOTE = (
+    "epochs: every training epoch that produced the model: the dense baseline's when the method starts "
+    "from it, sparsity training and fine-tuning over all rounds; scratch-* rows count their own training "
+    "only (Scratch-E: the dense model's epochs, Scratch-B: that times dense/pruned MACs, Liu et al. ICLR 2019)"
+)
 CONVENTION_NOTE = "{mark} the source counts FLOPs as {convention}; ours are conv+linear MACs per image"
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What a report asked for besides the runs: published rows, paired differences, sweep trials."""
+
+    reference: pd.DataFrame | None
+    compare_to: str | None
+    trials: bool
 
 
 def build_tables(
@@ -46,16 +79,18 @@ def build_tables(
     *,
     reference: pd.DataFrame | None = None,
     compare_to: str | None = None,
+    trials: bool = False,
 ) -> list[Table]:
-    """One :class:`Table` per group of ``runs``; ``reference`` (published rows) is interleaved."""
-    runs = runs.copy()
-    for column in group_by:
-        if column not in runs:
-            runs[column] = "all"
-    keys = list(group_by)
-    return [
-        _table(group, dict(zip(keys, key, strict=True)), reference, compare_to) for key, group in groups(runs, keys)
-    ]
+    """One :class:`Table` per group of ``runs``; ``reference`` (published rows) is interleaved.
+
+    ``group_by`` names run columns (model, dataset, target, study, ...) or protocol settings
+    (``dense.epochs``); an unknown name is a BenchError listing the valid ones. Sweep trials are
+    left out (a footnote counts them) unless ``trials``."""
+    runs = prepare(runs)
+    columns = [group_column(runs, key) for key in group_by]
+    runs = runs.assign(**{c: "all" for c in columns if c not in runs})
+    asked = _Asked(reference, compare_to, trials)
+    return [_table(group, dict(zip(group_by, key, strict=True)), asked) for key, group in groups(runs, columns)]
 
 
 def groups(runs: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], pd.DataFrame]]:
@@ -67,118 +102,141 @@ def groups(runs: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[tuple[Any,
         yield (key if isinstance(key, tuple) else (key,)), group
 
 
-def _table(group: pd.DataFrame, key: dict[str, Any], reference: pd.DataFrame | None, compare_to: str | None) -> Table:
-    records = _records(group)
-    columns = shown(with_latency=any(r.latency is not None for r in records))
+def selected_runs(runs: pd.DataFrame, trials: bool = False) -> pd.DataFrame:
+    """The runs the tables count (each (digest, method, seed) once; trials only when asked), with
+    the label of the row each falls in (``row``) and that label without its target (``series``)."""
+    runs, _ = select(prepare(runs), trials)
+    labelled = runs.assign(row="", series="")
+    for row in partition(runs):
+        labelled.loc[row.runs.index, ["row", "series"]] = [row.label, row.name]
+    return labelled
+
+
+def _table(group: pd.DataFrame, key: dict[str, Any], asked: _Asked) -> Table:
+    group, notes = select(group, asked.trials)
+    rows = partition(group)
+    records = _records(rows)
+    columns = shown(needed(records))
     table = Table(_title(group, key), [c.header for c in columns], [], [], [])
-    for record in _interleaved(records, _published(reference, key)):
+    for record in _interleaved(records, _published(asked.reference, key)):
         _append(table, record, columns)
     _mark_best(table)
+    table.footnotes.extend(notes)
     _add_notes(table)
-    if compare_to:
-        table.comparisons = _comparisons(group, compare_to)
+    if any(r.epochs is not None for r in records):
+        table.legend.append(BUDGET_NOTE)
+    if asked.compare_to:
+        table.comparisons = _comparisons(rows, asked.compare_to)
     return table
 
 
-def _interleaved(records: list[Record], published: dict[str, list[Record]]) -> Iterator[Record]:
-    """Our records in order, each method's published rows right after all of its rows, then the rest."""
+def _interleaved(records: list[Record], published: pd.DataFrame) -> Iterator[Record]:
+    """Our records in order, each published row right after the last of our rows it matches (same
+    method, same named plan or a FLOPs target within reference.FLOPS_TOLERANCE), then the rows this
+    harness cannot reproduce, labelled. A row that matches none of ours is left out: it is never
+    shown beside a run at another target."""
+    rows = list(published.itertuples(index=False))
+    after: dict[int, list[int]] = {}
+    for position, i in _last_match(records, published).items():
+        after.setdefault(i, []).append(position)
     for i, record in enumerate(records):
         yield record
-        last_of_method = i + 1 == len(records) or records[i + 1].method != record.method
-        if record.kind == "ours" and last_of_method:
-            yield from published.pop(record.method, [])
-    for rest in published.values():
-        yield from rest
+        yield from (_published_record(rows[p]) for p in after.get(i, []))
+    yield from (_published_record(row) for row in rows if not row.reproducible)
+
+
+def _last_match(records: list[Record], published: pd.DataFrame) -> dict[int, int]:
+    """Published row position -> index of the last of our records it matches."""
+    last: dict[int, int] = {}
+    if published.empty:
+        return last
+    for i, record in enumerate(records):
+        if record.kind == "ours":
+            hits = matches(published, record.method, record.plan, record.target)
+            last.update({position: i for position in hits.to_numpy().nonzero()[0].tolist()})
+    return last
 
 
 def _title(group: pd.DataFrame, key: dict[str, Any]) -> str:
     label = (
         group["data_label"].dropna().iloc[0] if "data_label" in group and group["data_label"].notna().any() else None
     )
-    model = _known(key.get("model"), "unknown model")
-    dataset = label or _known(key.get("dataset"), "unknown dataset")
+    model = _known(_named(group, key, "model"), "unknown model")
+    dataset = label or _known(_named(group, key, "dataset"), "unknown dataset")
     parts = [str(v) for v in (model, dataset) if v not in (None, "all")]
-    extra = [f"{k} {v}" for k, v in key.items() if k not in ("model", "dataset")]
+    extra = [f"{k} {_known(v, 'none')}" for k, v in key.items() if k not in ("model", "dataset")]
     return " on ".join(parts[:2]) + (f" ({', '.join(extra)})" if extra else "") if parts else ", ".join(extra)
+
+
+def _named(group: pd.DataFrame, key: dict[str, Any], column: str) -> Any:
+    """The group's ``column`` value: its key, else the one value its runs share ("all" when they have
+    several or no such column, None when none is known)."""
+    if column in key:
+        return key[column]
+    if column not in group:
+        return "all"
+    values = group[column].dropna().unique()
+    return None if len(values) == 0 else values[0] if len(values) == 1 else "all"
 
 
 def _known(value: Any, missing: str) -> Any:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def _records(group: pd.DataFrame) -> list[Record]:
-    """The dense row, then one per (method, target) in first-seen order, as numbers."""
-    dense = group[group["method"] == "dense"]
-    if "baseline_key" in dense and dense["baseline_key"].notna().any():  # one baseline, logged by several runs
-        dense = dense.drop_duplicates(subset=["baseline_key"])
-    else:
-        dense = dense.drop_duplicates(subset=["seed"])
-    dense_latency = Summary.of(dense["latency_median_ms"]) if "latency_median_ms" in dense else None
+def _records(rows: list[Row]) -> list[Record]:
+    """The numbers of each row: the dense baseline's rows, then ours (see :func:`rows.partition`);
+    a row's speed-up is over the dense row it was pruned from."""
+    dense = [r for r in rows if r.method == DENSE]
     records = []
-    if not dense.empty:
-        records.append(_record("dense", "dense", dense, dense_latency))
-    ours = group[group["method"] != "dense"]
-    ours = ours.assign(_base=_labels(ours), _label=row_labels(ours))
-    for base in dict.fromkeys(ours["_base"]):  # methods in first-seen order, then their targets ascending
-        rows = ours[ours["_base"] == base]
-        for label in sorted(dict.fromkeys(rows["_label"]), key=lambda lb: _target_of(rows, lb)):
-            part = rows[rows["_label"] == label]
-            target = _target_of(part, label)
-            target = None if math.isnan(target) else target
-            records.append(_record(label, "ours", part, dense_latency, method=part["method"].iloc[0], target=target))
+    for row in rows:
+        base = None if row.method == DENSE else dense_for(row, dense)
+        records.append(_record(row, None if base is None else _summary(base.runs, "latency_median_ms")))
     return records
 
 
-def _target_of(rows: pd.DataFrame, label: str) -> float:
-    values = rows.loc[rows["_label"] == label, "target"].dropna() if "target" in rows else pd.Series(dtype=float)
-    return float(values.iloc[0]) if not values.empty else float("nan")
+def _summary(runs: pd.DataFrame, column: str, scale: float = 1.0) -> Summary | None:
+    return Summary.of(runs[column] * scale) if column in runs else None
 
 
-def row_labels(runs: pd.DataFrame) -> pd.Series:
-    """The table row each run belongs to: "dense", the method, "<method> (trial N)" for a sweep
-    trial, and " (50% target)" appended when that method ran at several FLOPs targets."""
-    base = _labels(runs).where(runs["method"] != "dense", "dense")
-    if "target" not in runs:
-        return base
-    targets = pd.to_numeric(runs["target"], errors="coerce")
-    several = targets.groupby(base).transform(lambda t: t.dropna().nunique() > 1)
-    suffix = targets.map(lambda t: "" if pd.isna(t) else f" ({t:.0%} target)")
-    return base.where(~several.astype(bool), base + suffix)
+def _mean(runs: pd.DataFrame, column: str) -> float | None:
+    values = pd.to_numeric(runs[column], errors="coerce").dropna() if column in runs else pd.Series(dtype=float)
+    return None if values.empty else float(values.mean())
 
 
-def _labels(ours: pd.DataFrame) -> pd.Series:
-    """The row a run belongs to: its method, or "<method> (trial N)" for a sweep trial (trials differ in
-    hyperparameters, so they are never averaged together; the study is named when there are several)."""
-    if "trial" not in ours:
-        return ours["method"].astype(str)
-    trial = pd.to_numeric(ours["trial"], errors="coerce")
-    study = ours["study"].astype(str) + " " if "study" in ours and ours["study"].nunique() > 1 else ""
-    with_trial = ours["method"].astype(str) + " (" + study + "trial " + trial.astype("Int64").astype(str) + ")"
-    return with_trial.where(trial.notna(), ours["method"].astype(str))
+def _first(runs: pd.DataFrame, column: str) -> str | None:
+    values = runs[column].dropna() if column in runs else pd.Series(dtype=object)
+    return None if values.empty else str(values.iloc[0])
 
 
-def _record(label: str, kind: str, rows: pd.DataFrame, dense_latency: Summary | None, **extra: Any) -> Record:
-    """The numbers of one row from its runs (one per seed); the dense row has no change or reduction."""
-    latency = Summary.of(rows["latency_median_ms"]) if "latency_median_ms" in rows else None
+def _record(row: Row, dense_latency: Summary | None) -> Record:
+    """The numbers of one row from its runs (one per seed: n is their count, the std is over them);
+    the dense row has no change or reduction."""
+    runs, dense_kind = row.runs, row.method == DENSE
+    latency = _summary(runs, "latency_median_ms")
     speedup = None
-    if latency is not None and dense_latency is not None and kind != "dense":
+    if latency is not None and dense_latency is not None and not dense_kind:
         speedup = dense_latency.mean / latency.mean
-    dense_kind = kind == "dense"
     return Record(
-        label=label,
-        kind=kind,
-        method=extra.get("method", label),
-        target=extra.get("target"),
-        n=int(rows["seed"].nunique()) if "seed" in rows else len(rows),
-        base_acc=Summary.of(rows["dense_test_acc"] if not dense_kind else rows["test_acc"]),
-        test_acc=Summary.of(rows["test_acc"]),
-        acc_change=None if dense_kind else Summary.of(rows["test_acc"] - rows["dense_test_acc"]),
-        params=float(rows["params"].mean()),
-        params_red=None if dense_kind else Summary.of((1 - rows["params"] / rows["dense_params"]) * 100),
-        macs=float(rows["macs"].mean()),
-        flops_red=None if dense_kind else Summary.of((1 - rows["macs"] / rows["dense_macs"]) * 100),
+        label=row.label,
+        kind="dense" if dense_kind else "ours",
+        method=row.method,
+        target=row.target,
+        n=len(runs),
+        base_acc=Summary.of(runs["dense_test_acc"] if not dense_kind else runs["test_acc"]),
+        test_acc=Summary.of(runs["test_acc"]),
+        acc_change=None if dense_kind else Summary.of(runs["test_acc"] - runs["dense_test_acc"]),
+        params=float(runs["params"].mean()),
+        params_red=None if dense_kind else Summary.of((1 - runs["params"] / runs["dense_params"]) * 100),
+        macs=float(runs["macs"].mean()),
+        flops_red=None if dense_kind else Summary.of((1 - runs["macs"] / runs["dense_macs"]) * 100),
         latency=latency,
         speedup=speedup,
+        plan=_first(runs, "plan"),
+        epochs=_mean(runs, "train_epochs"),
+        images=_mean(runs, "train_images"),
+        channels_red=None if dense_kind else _summary(runs, "channels_removed", 100),
+        prune_rule=_first(runs, "prune_rule"),
+        settings=row.settings,
     )
 
 
@@ -189,15 +247,23 @@ def _append(table: Table, record: Record, columns: Sequence[Column]) -> None:
 
 
 def _mark_best(table: Table) -> None:
-    """Bold the best of our rows per column (ties too), among rows at the same FLOPs target: a row
-    that pruned less is not "more accurate" than one that pruned more."""
-    by_target: dict[Any, list[int]] = {}
+    """Bold the best of our rows per column (ties too), among rows at the same FLOPs target, the same
+    protocol settings and the same training budget: a row that pruned less, trained from another
+    baseline or trained longer (Scratch-B) is not "more accurate" than one that did not."""
+    comparable: dict[Any, list[int]] = {}
     for i, kind in enumerate(table.kinds):
         if kind == "ours":
-            by_target.setdefault(table.records[i].target, []).append(i)
-    for ours in by_target.values():
+            record = table.records[i]
+            comparable.setdefault((record.target, record.settings, _budget(record)), []).append(i)
+    for ours in comparable.values():
         if len(ours) >= 2:
             _mark_best_of(table, ours)
+
+
+def _budget(record: Record) -> float | None:
+    """A row's mean training budget in epochs, None when unknown (runs older than the budget)."""
+    epochs = record.epochs
+    return None if epochs is None or math.isnan(epochs) else round(epochs, 6)
 
 
 def _mark_best_of(table: Table, ours: list[int]) -> None:
@@ -216,7 +282,7 @@ def _mark_best_of(table: Table, ours: list[int]) -> None:
 
 def _add_notes(table: Table) -> None:
     if "published" in table.kinds:
-        table.footnotes.append(PUBLISHED_NOTE)
+        table.footnotes.extend(_published_notes(table))
     conventions = {r.convention for r in table.records if r.kind == "published" and r.convention != "MACs"}
     flops_red = BY_KEY["flops_red"].header
     for mark, convention in zip("†‡§", sorted(conventions), strict=False):
@@ -226,62 +292,82 @@ def _add_notes(table: Table) -> None:
                 table.rows[i][flops_red] += f" {mark}"
 
 
-def _published(reference: pd.DataFrame | None, key: dict[str, Any]) -> dict[str, list[Record]]:
-    """Published rows of this group, as records, by method."""
+def _published_notes(table: Table) -> list[str]:
+    """What the published rows are, how they were matched to ours, and what their marks mean."""
+    published = [r for r in table.records if r.kind == "published"]
+    notes = [PUBLISHED_NOTE, MATCH_NOTE.format(tolerance=100 * FLOPS_TOLERANCE)]
+    if any(r.test_acc is not None and r.test_acc.std is not None for r in published):
+        notes.append(PUBLISHED_STD_NOTE)
+    if any(NOT_REPRODUCIBLE in r.label for r in published):
+        notes.append(NOT_REPRODUCIBLE_NOTE)
+    return notes
+
+
+def _published(reference: pd.DataFrame | None, key: dict[str, Any]) -> pd.DataFrame:
+    """Published rows of this group's model and dataset (all of them when the group has neither)."""
     if reference is None or reference.empty:
-        return {}
+        return pd.DataFrame()
     match = reference
     for column in ("model", "dataset"):
         if column in key and key[column] != "all":
             match = match[match[column] == key[column]]
-    out: dict[str, list[Record]] = {}
-    for row in match.itertuples(index=False):
-        out.setdefault(row.method, []).append(_published_record(row))
-    return out
+    return match.reset_index(drop=True)
 
 
 def _published_record(r: Any) -> Record:
-    """One row of published.csv (accuracies and reductions in %) as a record with one "seed"."""
+    """One row of published.csv (accuracies and reductions in %) as a record; "-" seeds, and the
+    paper's own std over its runs where it gives one."""
     base, acc = float(r.baseline_acc) / 100, float(r.pruned_acc) / 100
+    std = None if pd.isna(r.pruned_acc_std) else float(r.pruned_acc_std) / 100
     return Record(
-        label=f"{r.method} ({r.config}) [published]",
+        label=_published_label(r),
         kind="published",
         method=r.method,
-        target=None,
+        target=None if pd.isna(r.target) else float(r.target),
         n="-",
         base_acc=Summary(base, None, 1),
-        test_acc=Summary(acc, None, 1),
+        test_acc=Summary(acc, std, 1),
         acc_change=Summary(acc - base, None, 1),
         params_red=None if pd.isna(r.params_reduction) else Summary(float(r.params_reduction), None, 1),
         flops_red=None if pd.isna(r.flops_reduction) else Summary(float(r.flops_reduction), None, 1),
         convention=r.flops_convention,
         source=r.source,
+        plan=r.plan,
     )
 
 
-def _comparisons(group: pd.DataFrame, reference_method: str) -> list[str]:
-    """Paired test-accuracy differences against ``reference_method`` at matched targets and seeds."""
-    ours = group[group["method"] != "dense"]
-    if "target" not in ours:
-        ours = ours.assign(target=float("nan"))
-    base = ours[ours["method"] == reference_method]
-    if base.empty:
+def _published_label(r: Any) -> str:
+    """e.g. "scratch-B (l1-a) [published, Liu et al. 2019]"; a row this harness cannot reproduce says
+    so and why: "... [published, Wen et al. 2016; not reproducible here: <note>]"."""
+    config = r.config if not r.variant or r.variant.lower() == r.method.lower() else f"{r.config}, {r.variant}"
+    mark = f"published, {r.paper}" if r.paper else "published"
+    if not r.reproducible:
+        mark += f"; {NOT_REPRODUCIBLE}: {r.note}"
+    return f"{r.method} ({config}) [{mark}]"
+
+
+def _comparisons(rows: list[Row], reference_method: str) -> list[str]:
+    """Paired test-accuracy differences of each of our rows against the ``reference_method`` row at
+    the same target and settings, over the seeds both ran."""
+    ours = [r for r in rows if r.method != DENSE]
+    references = [r for r in ours if r.method == reference_method and not r.trial]
+    if not references:
         return [f"no '{reference_method}' runs in this group to compare against"]
     lines = []
-    for method in dict.fromkeys(ours["method"]):
-        if method == reference_method:
+    for row in ours:
+        reference = next((r for r in references if (r.target, r.settings) == (row.target, row.settings)), None)
+        if row.method == reference_method or reference is None:
             continue
-        rows = ours[ours["method"] == method]
-        for target in rows["target"].unique():
-            same = (lambda f: f["target"].isna()) if pd.isna(target) else (lambda f, t=target: f["target"] == t)
-            a = rows[same(rows)].groupby("seed")["test_acc"].mean()
-            b = base[same(base)].groupby("seed")["test_acc"].mean()
-            diff = paired_difference(a, b)
-            if diff is None:
-                continue
-            at = "" if pd.isna(target) else f" at the {target:.0%} target"
-            lines.append(f"{method} - {reference_method}{at}: {diff.text()} pp of test accuracy")
+        diff = paired_difference(_by_seed(row.runs), _by_seed(reference.runs))
+        if diff is None:
+            continue
+        at = "" if row.target is None else f" at the {row.target:.0%} target"
+        lines.append(f"{row.name} - {reference.name}{at}: {diff.text()} pp of test accuracy")
     return lines
+
+
+def _by_seed(runs: pd.DataFrame) -> pd.Series:
+    return runs.groupby("seed")["test_acc"].mean()
 
 
 # --- what bench run prints ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from bench.allocation import CostModel, by_flops_target, plan_from_counts
 from bench.api import Context
 from bench.config import PruneConfig
 from bench.errors import BenchError
-from bench.pruning import default_plan
+from bench.pruning import Origin, default_plan
 from methods.stressednet import (
     StressedNet,
     StressedNetConfig,
@@ -192,6 +192,7 @@ def test_generations_meet_the_cumulative_flops_target_within_1pp(resnet20: nn.Mo
     assert rounds == 3
     prune = PruneConfig(target_flops_reduction=0.4)
     original = measure.count_macs(resnet20, 32)
+    origin = Origin({u.name: u.channels for u in ctx.units}, original)
     for r in range(rounds):
         ctx.round = r
         scores = method.importance(resnet20, ctx)
@@ -205,7 +206,7 @@ def test_generations_meet_the_cumulative_flops_target_within_1pp(resnet20: nn.Mo
             input_size=32,
             round_index=r,
             rounds=rounds,
-            original_macs=original,
+            origin=origin,
         )
         surgery.apply(resnet20, plan)
         ctx.units = surgery.prunable_units(resnet20)

@@ -59,6 +59,19 @@ def test_model_ends_with_the_best_validation_weights(small_cifar):
     assert val_acc == pytest.approx(result.best_val_acc)
 
 
+def test_keep_last_ends_with_the_last_epochs_weights(small_cifar, tmp_path):
+    """What a sparsity phase hands to pruning by default: the last epoch, not the best-val one."""
+    seed_everything(2)
+    model = models.create("resnet20")
+    ckpt = tmp_path / "sparsity.ckpt"
+    result = fit(
+        model, small_cifar, Schedule(epochs=3, batch_size=64, lr=0.05), CPU, seed=2, checkpoint=ckpt, keep="last"
+    )
+    last = torch.load(ckpt, weights_only=False)["model"]  # the checkpoint of the last completed epoch
+    assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+    assert result.best_val_acc == max(h["val_acc"] for h in result.history)  # still reported
+
+
 def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(small_cifar, tmp_path):
     """A run stopped after epoch 1 and resumed from its checkpoint ends bit-identical."""
     schedule = Schedule(epochs=3, batch_size=128, lr=0.05, schedule="multistep", milestones=(0.5,))

@@ -6,6 +6,8 @@ settings flags of ``run`` and ``sweep``, comma-separated values) is in :mod:`ben
 Heavy imports (torch, mlflow, optuna) happen inside handlers, after the arguments are checked.
 
 Errors a user can cause print one line, ``error: ...``, and exit with code 2, no traceback.
+Ctrl-C exits 130 and SIGTERM 143, with one line; whatever ends a command, no MLflow run it opened
+is left RUNNING (:mod:`bench.lifecycle`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from bench import lifecycle
 from bench.cli import listing, profile, report, run, sparsity, speed, sweep, sweep_scaling
 from bench.cli.common import Parser, formatter
-from bench.errors import BenchError
+from bench.errors import BenchError, Terminated
 
 MODULES = (listing, profile, run, speed, sparsity, sweep, sweep_scaling, report)  # the order of --help
 COMMANDS = {module.NAME: module.handle for module in MODULES}
@@ -42,10 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars and lines suffice
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with lifecycle.command():
+            return COMMANDS[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        return lifecycle.SIGTERM_EXIT
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return lifecycle.SIGINT_EXIT

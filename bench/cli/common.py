@@ -63,6 +63,8 @@ def run_flags(args: argparse.Namespace) -> dict[str, Any]:
         flags["prune"] = prune
     if getattr(args, "published", False):
         flags["published"] = True
+    if getattr(args, "budget", None) is not None:
+        flags["budget"] = args.budget
     for key in ("tracking_uri", "results_dir", "experiment"):
         if getattr(args, key):
             flags[key] = getattr(args, key)

@@ -29,9 +29,10 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _methods() -> dict[str, str]:
+    from bench.controls import DESCRIPTION, SCRATCH
     from bench.registry import list_methods
 
-    return list_methods()
+    return {**list_methods(), SCRATCH: DESCRIPTION}
 
 
 def _models() -> dict[str, str]:

@@ -21,6 +21,7 @@ def add_parser(subparsers: Any) -> None:
         "  python -m bench report --experiment issue3-comparison --format latex --out paper/ --published\n"
         "  python -m bench report --sweep ffr-resnet20-cifar10-smoke --format html --out report/\n"
         "  python -m bench report --runs PARENT_RUN_ID --compare-to l1\n"
+        "  python -m bench report --group-by model,dense.epochs --trials\n"
         "  python -m bench report --from runs.parquet --format csv\n\n"
         "Reads stored runs only: nothing is recomputed and torch is never imported.",
     )
@@ -31,7 +32,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--export", dest="save_export", help="also write the runs read as CSV/Parquet (by extension)")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"], help="(default md)")
     p.add_argument("--out", help="write report.<ext> and figures (PNG, PDF) here (html: default results/reports)")
-    p.add_argument("--group-by", default="model,dataset", help="table groups (default model,dataset)")
+    p.add_argument(
+        "--group-by",
+        default="model,dataset",
+        help="table groups: run columns (model, dataset, data_label, target, study, method, ...) or protocol "
+        "settings (dense.epochs, finetune.lr, ...) (default model,dataset)",
+    )
+    p.add_argument(
+        "--trials", action="store_true", help="show sweep trials beside the runs (default: left out, counted)"
+    )
     p.add_argument("--published", action="store_true", help="interleave the published rows, marked")
     p.add_argument("--compare-to", help="paired difference of each method against this one, 95%% CI over seeds")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite)")
@@ -55,6 +64,7 @@ def handle(args: argparse.Namespace) -> int:
         published=args.published,
         compare_to=args.compare_to,
         save_export=args.save_export,
+        trials=args.trials,
     )
     run_report(request)
     return 0

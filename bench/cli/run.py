@@ -28,6 +28,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", required=True, help="a model name (see 'list models')")
     add_settings(p, seeds="comma-separated seeds, e.g. 0,1,2 (default 0)")
     p.add_argument("--plan", help="a named pruning plan instead of a FLOPs target, e.g. l1-a")
+    p.add_argument(
+        "--budget",
+        type=int,
+        help="matched-budget mode: every method trains this many epochs in all (dense baseline included "
+        "when it starts from it); sparsity and fine-tune phases are scaled to fit",
+    )
     p.add_argument("--published", action="store_true", help="print the published figures beside ours")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
 
