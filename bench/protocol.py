@@ -13,8 +13,9 @@ type and the numerics switches (determinism, AMP, channels-last, compile). What 
 other methods of the invocation, where results and runs are stored, progress output, and whether and
 how latency is measured (a measurement of the final model that shapes no training; its protocol is
 stored beside each latency figure, and a command re-run with ``latency=true`` then replaces the run
-without it as the latest of its (digest, method, seed)). The code version is not in it either (``env.git_sha`` is a tag):
-a report over several commits shows them side by side in its environment table instead of splitting
+without it as the latest of its (digest, method, seed)). The code version is not in it either
+(``env.git_sha`` is a tag): a report over several commits shows them side by side in its environment
+table instead of splitting
 every row.
 """
 
