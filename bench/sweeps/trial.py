@@ -192,4 +192,3 @@ def warm_baseline(cfg: RunConfig, parent_run_id: str, say: Callable[[str], None]
     from bench import runner
 
     runner.warm_baseline(cfg, parent_run_id, say)
-
