@@ -247,23 +247,17 @@ def _append(table: Table, record: Record, columns: Sequence[Column]) -> None:
 
 
 def _mark_best(table: Table) -> None:
-    """Bold the best of our rows per column (ties too), among rows at the same FLOPs target, the same
-    protocol settings and the same training budget: a row that pruned less, trained from another
-    baseline or trained longer (Scratch-B) is not "more accurate" than one that did not."""
+    """Bold the best of our rows per column (ties too), among rows at the same FLOPs target and the
+    same protocol settings: a row that pruned less, or trained from another baseline, is not "more
+    accurate" than one that pruned more."""
     comparable: dict[Any, list[int]] = {}
     for i, kind in enumerate(table.kinds):
         if kind == "ours":
             record = table.records[i]
-            comparable.setdefault((record.target, record.settings, _budget(record)), []).append(i)
+            comparable.setdefault((record.target, record.settings), []).append(i)
     for ours in comparable.values():
         if len(ours) >= 2:
             _mark_best_of(table, ours)
-
-
-def _budget(record: Record) -> float | None:
-    """A row's mean training budget in epochs, None when unknown (runs older than the budget)."""
-    epochs = record.epochs
-    return None if epochs is None or math.isnan(epochs) else round(epochs, 6)
 
 
 def _mark_best_of(table: Table, ours: list[int]) -> None:
