@@ -63,14 +63,14 @@ def configured(cfg: RunConfig, name: str, start_dense: bool, sparsity_training: 
 def matched(plan: PhasePlan, budget: int, name: str) -> PhasePlan:
     """``plan`` with its sparsity and fine-tune phases scaled so that the total is ``budget`` epochs."""
     left = budget - plan.dense_epochs
-    if left < 0:
-        raise BenchError(
-            f"--budget {budget} is below the {plan.dense_epochs} epochs of the dense baseline that {name} "
-            f"starts from; give at least {plan.dense_epochs + len(plan.finetune)} epochs"
-        )
     schedules = [*plan.sparsity, *plan.finetune]
     planned = [s.epochs for s in schedules]
     needed = sum(1 for e in planned if e > 0)
+    if left < 0:
+        raise BenchError(
+            f"--budget {budget} is below the {plan.dense_epochs} epochs of the dense baseline that {name} "
+            f"starts from; give at least {plan.dense_epochs + max(needed, 1)} epochs"
+        )
     if left < needed or (left > 0 and not needed):
         raise BenchError(
             f"--budget {budget} leaves {name} {left} epoch(s) after its {plan.dense_epochs} dense epochs, but its "

@@ -28,6 +28,7 @@ SCHEDULES = ("multistep", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 SPARSITY_CHECKPOINTS = ("last", "best_val")
 SCRATCH_BUDGETS = ("E", "B", "pipeline")
+RUN_SOURCE = "run:"  # a plan source "run:<MLflow run id>": a finished method run of the tracking store
 
 
 def _check(ok: bool, message: str) -> None:
@@ -157,8 +158,8 @@ class ScratchConfig:
             _check_choice("scratch.budgets", budget, SCRATCH_BUDGETS)
         _check(len(set(self.budgets)) == len(self.budgets), f"scratch.budgets must be unique, got {self.budgets}")
         _check(
-            self.source != "run:" and not self.source.endswith(":"),
-            f"scratch.source '{self.source}' needs an MLflow run id after 'run:'",
+            self.source != RUN_SOURCE and not self.source.endswith(":"),
+            f"scratch.source '{self.source}' needs an MLflow run id after '{RUN_SOURCE}'",
         )
 
 

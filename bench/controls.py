@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import RunConfig
+from bench.config import RUN_SOURCE, SCRATCH_BUDGETS, RunConfig
 from bench.errors import BenchError
 from bench.plan import PruningPlan
 
@@ -34,8 +34,7 @@ DESCRIPTION = (
     "(control, not a method) another method's pruned architecture from a fresh init: rows scratch-E, "
     "scratch-B (Liu et al. 2019) and scratch-pipeline; see scratch.source and scratch.budgets"
 )
-ROWS = {f"{SCRATCH}-{budget}": budget for budget in ("E", "B", "pipeline")}  # row name -> budget
-RUN_SOURCE = "run:"  # a plan source "run:<MLflow run id>": a finished method run of the tracking store
+ROWS = {f"{SCRATCH}-{budget}": budget for budget in SCRATCH_BUDGETS}  # row name -> budget
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ def describe_plan(
     """The planned work (phases, epochs, images) and an estimate from measured throughput."""
     data, seeds = work.data, len(cfg.seeds)
     rows = controls.controls(cfg)
-    phases = planned_phases(cfg, methods, rows, external)
+    totals = row_budgets(cfg, methods, rows, external)
+    phases = planned_phases(cfg, methods, rows, totals)
     train_images = sum(epochs * len(data.train) for _, epochs in phases) * seeds
     eval_images = sum(epochs for _, epochs in phases) * (len(data.val) + len(data.test)) * seeds
     probe = models.create(cfg.model, data.num_classes, data.input_size)
@@ -39,7 +40,7 @@ def describe_plan(
         f"seeds {','.join(map(str, cfg.seeds))}; device {work.runtime.device}; pruning rule {cfg.prune.rule}",
         f"  {'phase':<34}{'epochs':>7}{'train images':>14}",
         *(f"  {name:<34}{epochs:>7}{epochs * len(data.train):>14,}" for name, epochs in phases),
-        _budget_line(cfg, row_budgets(cfg, methods, rows, external)),
+        _budget_line(cfg, totals),
         f"  total per seed x {seeds} seed(s): {train_images:,} training + {eval_images:,} eval "
         f"images; measured {spi * 1e3:.2f} ms per training image -> estimated {duration(estimate)} "
         "(cached baselines are skipped)",
@@ -48,14 +49,13 @@ def describe_plan(
 
 
 def planned_phases(
-    cfg: RunConfig, methods: Mapping[str, Method], rows: Mapping[str, ScratchControl], external: Mapping[str, Inherited]
+    cfg: RunConfig, methods: Mapping[str, Method], rows: Mapping[str, ScratchControl], totals: Mapping[str, int]
 ) -> list[tuple[str, int]]:
     """(label, epochs per seed) of every training phase: each method's (configured or budget-matched)
-    and each scratch row's."""
+    and each scratch row's (``totals``: ``row_budgets``)."""
     phases = [(DENSE_PHASE, cfg.dense.epochs)]
     for name, method in methods.items():
         phases += _method_lines(name, method_phases(cfg, name, method, planned_rounds(cfg, method)))
-    totals = row_budgets(cfg, methods, rows, external)
     phases += [(f"{name}: train ({row.source}'s architecture)", totals[name]) for name, row in rows.items()]
     return phases
 

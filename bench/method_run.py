@@ -107,6 +107,8 @@ class MethodRun:
         self.model, self.ctx = model, self._context(model)
         widths = {u.name: u.channels for u in self.ctx.units}
         self.origin = Origin(widths, self.baseline.result.macs)
+        if self.control is not None:
+            self.source = inherit.inherited(self.session, self.control.source, self.seed)
         self.phases = self._phase_plan()
         if self.method is not None:
             self.method.setup(model, self.ctx)
@@ -119,9 +121,7 @@ class MethodRun:
         if self.control is None:
             rounds = self.method.rounds(self.ctx)
             return method_phases(cfg, self.name, self.method, rounds)
-        source = inherit.inherited(self.session, self.control.source, self.seed)
-        self.source = source
-        epochs = self.control.epochs(cfg, source.train_epochs, source.macs_ratio)
+        epochs = self.control.epochs(cfg, self.source.train_epochs, self.source.macs_ratio)
         return budget.PhasePlan(0, (), (replace(cfg.dense, epochs=epochs),))
 
     def _log_setup(self) -> None:

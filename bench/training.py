@@ -239,8 +239,7 @@ def fit(
     if ctx is not None:
         ctx.epochs, ctx.steps_per_epoch, ctx.train_size = schedule.epochs, len(loader), len(data.train)
     total = schedule.epochs * len(loader)
-    initial = (state.epoch + 1) * len(loader)
-    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not runtime.progress, leave=False)
+    bar = _progress_bar(total, (state.epoch + 1) * len(loader), desc, runtime)
     trainer = EpochTrainer(model, loader, optimizer, schedule, runtime, method, ctx, desc, lambda: bar.update(1))
     try:
         for epoch in range(state.epoch + 1, schedule.epochs):
@@ -259,6 +258,19 @@ def fit(
         trainer.close()
     state.result.compile_status = trainer.compile_status
     return _finish(state, model) if keep == "best_val" else state.result
+
+
+def _progress_bar(total: int, initial: int, desc: str, runtime: Runtime) -> tqdm:
+    """The phase's step bar (off with ``runtime.progress`` False; epoch lines print above it)."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        disable=not runtime.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 @dataclass
