@@ -15,6 +15,7 @@ imported, since no run can be open before.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from bench.errors import Terminated
 
 SIGTERM_EXIT = 128 + signal.SIGTERM  # 143: the shell's code for a process ended by SIGTERM
 SIGINT_EXIT = 128 + signal.SIGINT  # 130: ... by Ctrl-C
+_OWNER = -1  # the pid of the process running the command: the only one that raises Terminated
 
 
 @contextmanager
@@ -33,7 +35,9 @@ def command() -> Iterator[None]:
     """Run one command with SIGTERM as ``Terminated``; on any exception, end the MLflow runs the
     command left open (runs open before it are not its own), then propagate. The previous SIGTERM
     handler is restored afterwards."""
+    global _OWNER
     on_main_thread = threading.current_thread() is threading.main_thread()  # elsewhere Python cannot
+    _OWNER = os.getpid()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     before = _open_runs()
     try:
@@ -47,8 +51,14 @@ def command() -> Iterator[None]:
 
 
 def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
-    """The handler. A second SIGTERM, while the first one's cleanup runs, ends the process at once."""
+    """The handler. A second SIGTERM, while the first one's cleanup runs, ends the process at once.
+    A process forked inside the command (a decode pool or data loader worker) inherits the handler
+    but not the command: it dies of the signal as usual (raising there, inside a queue's lock, left
+    the lock held and hung the parent's pool)."""
     signal.signal(signum, signal.SIG_DFL)
+    if os.getpid() != _OWNER:
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated(f"stopped by {signal.Signals(signum).name}")
 
 

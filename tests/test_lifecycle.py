@@ -241,3 +241,18 @@ def test_sigterm_raises_terminated_within_a_command_and_the_handler_is_restored(
     run = tracker.get_run(opened)
     assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["bench.stopped"]
     assert isinstance(Terminated(), KeyboardInterrupt)  # every Ctrl-C handler treats a SIGTERM alike
+
+
+def test_a_process_forked_within_a_command_dies_of_sigterm_as_usual() -> None:
+    """A dataloader or decode pool worker forked inside a command inherits the handler; it must not
+    raise Terminated there (a worker stopped by ``Pool.terminate`` inside a queue lock leaves the
+    lock held and the parent's pool hangs), only the command's own process does."""
+    import multiprocessing
+
+    with lifecycle.command():
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        child.start()
+        time.sleep(0.5)
+        child.terminate()  # SIGTERM
+        child.join(10)
+    assert child.exitcode == -signal.SIGTERM  # killed by the signal, not exited after a Terminated traceback

@@ -374,6 +374,7 @@ def test_sweep_bench_runs_both_worker_counts_and_its_json_has_the_fields(tmp_pat
         (["--method", "l1", "--model", "resnet20", "--storage", "redis://x"], "unsupported --storage"),
         (["--method", "nope", "--model", "resnet20"], "unknown method 'nope'"),
         (["--method", "l1", "--model", "resnet20", "--workers", "0"], "--workers must be >= 1"),
+        (["--method", "l1", "--model", "resnet20", "--set", "prune.plan=l1-a"], "no named plan 'l1-a'"),
     ],
 )
 def test_bad_sweep_arguments_exit_2_with_a_clear_error(tmp_path, args, message) -> None:
@@ -381,3 +382,4 @@ def test_bad_sweep_arguments_exit_2_with_a_clear_error(tmp_path, args, message) 
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "optuna.db").exists()  # checked before the study exists

@@ -13,7 +13,7 @@ from bench.sweeps.slots import work_left
 from bench.sweeps.spec import SweepSpec, write_spec
 from bench.sweeps.storage import open_study, redact
 from bench.sweeps.summary import Summary, format_summary, summarize
-from bench.sweeps.trial import warm_baseline
+from bench.sweeps.trial import check_config, warm_baseline
 from bench.sweeps.workers import start_workers, wait_for
 
 
@@ -62,7 +62,8 @@ def warm_baselines(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Cal
 def run_sweep(
     spec: SweepSpec, workers: int, cells: list[dict[str, Any]] | None = None, say: Callable[[str], None] = print
 ) -> Summary:
-    """The whole command: prepare, warm the baselines, run ``workers`` processes, summarise."""
+    """The whole command: check, prepare, warm the baselines, run ``workers`` processes, summarise."""
+    check_config(spec.base_config())
     spec = prepare_sweep(spec, cells, say)
     study = open_study(spec)
     if work_left(study, spec) == "done":

@@ -192,3 +192,11 @@ def warm_baseline(cfg: RunConfig, parent_run_id: str, say: Callable[[str], None]
     from bench import runner
 
     runner.warm_baseline(cfg, parent_run_id, say)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """What ``bench run`` checks before its first MLflow run (model, method hyperparameters, named
+    plan, matched budget), for a sweep's base config before its study and parent run exist."""
+    from bench import runner
+
+    runner.check_budgets(cfg, runner.checked_methods(cfg))
