@@ -51,6 +51,7 @@ from bench.importance import (
     ENERGY_NORMALIZATIONS,
     FILTER_NORMALIZATIONS,
     GROUP_NORMALIZATIONS,
+    GROUP_REDUCTIONS,
     Scores,
     batchnorms,
     bn_gamma,
@@ -61,10 +62,13 @@ from bench.importance import (
     group_norm,
     layer_mean,
     layer_share,
+    member_filters,
     member_sq,
     out_in_energy,
     out_in_sq,
+    reduce_group,
     unit_bn,
+    unit_bns,
 )
 from bench.plan import PruningPlan
 from bench.surgery import backend_of
@@ -95,6 +99,7 @@ __all__ = [  # noqa: RUF022 (grouped by purpose, sorted within each group)
     "ENERGY_NORMALIZATIONS",
     "FILTER_NORMALIZATIONS",
     "GROUP_NORMALIZATIONS",
+    "GROUP_REDUCTIONS",
     "Scores",
     "batchnorms",
     "bn_gamma",
@@ -105,10 +110,13 @@ __all__ = [  # noqa: RUF022 (grouped by purpose, sorted within each group)
     "group_norm",
     "layer_mean",
     "layer_share",
+    "member_filters",
     "member_sq",
     "out_in_energy",
     "out_in_sq",
+    "reduce_group",
     "unit_bn",
+    "unit_bns",
     # allocation building blocks for Method.allocate
     "CostModel",
     "TargetUnreachable",
@@ -185,6 +193,8 @@ class Method(abc.ABC):
         method.setup(model, ctx)
         for ctx.round in range(method.rounds(ctx)):
             if method.sparsity_training:           # same loop as every phase, ctx.phase="sparsity"
+                optimizer = SGD(schedule), weight decay 0 on method.no_weight_decay(model, ctx)
+                decay = method.ema_decay(ctx)      # None: no moving average
                 for each epoch:
                     for each batch:
                         logits = model(x)          # features of feature_modules() captured in this pass
@@ -193,12 +203,19 @@ class Method(abc.ABC):
                         method.after_backward(model, ctx)   # gradient edits (slimming's subgradient)
                         optimizer.step()
                         method.after_step(model, ctx)       # proximal / thresholding steps
+                        ema.update(model)                   # only with a decay
                     method.on_epoch_end(model, ctx)         # e.g. stress
+                    evaluate val/test, select on val        # with the EMA's parameters, if any
+                model <- the selected (or last) epoch's weights, the EMA's parameters if any
             scores = method.importance(model, ctx)          # ctx.phase="prune": {unit: 1-D scores}
             plan = method.allocate(model, scores, ctx)      # None -> the harness's rule (PruneConfig)
             surgery.apply(model, plan)
             if more rounds: fine-tune (ctx.phase="finetune")
         fine-tune (ctx.phase="finetune"); hooks run here only if finetune_hooks is True
+
+    ``no_weight_decay`` and ``ema_decay`` shape the optimizer and the evaluation of the phases that
+    run the hooks (the sparsity phase; fine-tuning too with ``finetune_hooks``); their defaults
+    leave every phase as the run's schedule says.
 
     The epochs of every phase are the run's schedules, or scaled by the harness to a matched budget
     (``--budget``); the scratch control (Liu et al. 2019) is the harness's, not a method.
@@ -224,6 +241,17 @@ class Method(abc.ABC):
     # --- optional hooks, in call order --------------------------------------------------------
     def setup(self, model: nn.Module, ctx: Context) -> None:
         """Once, before sparsity training (or before importance when there is none)."""
+
+    def no_weight_decay(self, model: nn.Module, ctx: Context) -> set[str]:
+        """Names (as in ``model.named_parameters()``) of parameters that the optimizer gives no weight
+        decay, because the method's regulariser is theirs (sgl0). Default: none."""
+        return set()
+
+    def ema_decay(self, ctx: Context) -> float | None:
+        """Decay per optimizer step of an exponential moving average of the parameters (buffers stay
+        the model's own); with one, evaluation and selection use the averaged parameters and the
+        phase hands them on (to importance, surgery, the next phase). Default None: no average."""
+        return None
 
     def feature_modules(self, model: nn.Module) -> list[str]:
         """Modules whose outputs :meth:`regularization` receives, in forward order. Default: none."""

@@ -9,6 +9,10 @@ Three layers of helpers, lowest first:
 
 - per-layer normalisers of a score vector (:func:`layer_mean`, :func:`layer_share`), because a global
   allocation rule compares scores across layers whose weight scales differ;
+- the members of a unit and how their scores combine (:func:`member_filters`, :func:`unit_bns`,
+  :func:`reduce_group`): a DepGraph unit is a whole coupled group (on timm's resnet18 the unit of
+  ``layer4.0.downsample.0`` holds three producer convs and three BNs), so a scorer scores every member
+  and reduces, as Torch-Pruning's group importance does; a CIFAR chain unit has one of each;
 - per-channel weight statistics of one unit that keep the autograd graph, so regularisers use them
   too (:func:`member_sq`, :func:`out_in_sq`, :func:`group_norm`);
 - scorers ``(model, units) -> Scores`` (:func:`filter_l1`, :func:`group_l2`, :func:`out_in_energy`,
@@ -28,6 +32,7 @@ __all__ = [
     "ENERGY_NORMALIZATIONS",
     "FILTER_NORMALIZATIONS",
     "GROUP_NORMALIZATIONS",
+    "GROUP_REDUCTIONS",
     "Scores",
     "batchnorms",
     "bn_gamma",
@@ -38,16 +43,20 @@ __all__ = [
     "group_norm",
     "layer_mean",
     "layer_share",
+    "member_filters",
     "member_sq",
     "out_in_energy",
     "out_in_sq",
+    "reduce_group",
     "unit_bn",
+    "unit_bns",
 ]
 
 BN_TYPES = (nn.BatchNorm2d,)
 FILTER_NORMALIZATIONS = ("layer_mean", "per_weight", "none")  # filter_l1
 GROUP_NORMALIZATIONS = ("layer_mean", "none")  # group_l2
 ENERGY_NORMALIZATIONS = ("layer_share", "layer_mean")  # out_in_energy
+GROUP_REDUCTIONS = ("mean", "sum", "max", "prod", "first")  # reduce_group, Torch-Pruning's group_reduction
 SQ_FLOOR = 1e-12  # a group norm is sqrt(max(sum of squares, this)): finite gradient at an all-zero group
 
 Scores = dict[str, torch.Tensor]
@@ -72,24 +81,93 @@ def _check_normalize(normalize: str, valid: tuple[str, ...]) -> None:
         raise BenchError(f"normalize must be one of {', '.join(valid)}, got '{normalize}'")
 
 
+# --- the members of a unit, and one score from many ---------------------------------------------------
+
+
+def member_filters(model: nn.Module, unit: PrunableUnit) -> list[torch.Tensor]:
+    """For every conv/linear producing ``unit``'s channels (its "out" members, root first), the weight
+    as (channels, -1): row i holds every weight of channel i's filter. Views of the parameters, so the
+    autograd graph is kept; BN members are skipped (:func:`unit_bns`). Raises when a member's output
+    width is not the unit's (a member that covers only part of the channels) or there is none."""
+    filters = []
+    for name in unit.modules("out"):
+        module = module_by_name(model, name)
+        if not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        if module.weight.shape[0] != unit.channels:
+            raise BenchError(
+                f"'{name}' has {module.weight.shape[0]} output channels, unit '{unit.name}' has {unit.channels}"
+            )
+        filters.append(module.weight.reshape(unit.channels, -1))
+    if not filters:
+        raise BenchError(f"unit '{unit.name}' has no conv or linear producing its channels")
+    return filters
+
+
+def unit_bns(model: nn.Module, unit: PrunableUnit) -> list[nn.BatchNorm2d]:
+    """Every affine BN scaling ``unit``'s channels (its "out" BN members, in member order; may be
+    empty). Raises when one has a different width than the unit."""
+    bns = []
+    for name in unit.modules("out"):
+        module = module_by_name(model, name)
+        if isinstance(module, BN_TYPES) and module.weight is not None:
+            if module.num_features != unit.channels:
+                raise BenchError(
+                    f"BN '{name}' has {module.num_features} features, unit '{unit.name}' has {unit.channels}"
+                )
+            bns.append(module)
+    return bns
+
+
+def reduce_group(per_member: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
+    """One (channels,) score from each member's (channels,) scores, as Torch-Pruning's
+    ``GroupMagnitudeImportance(group_reduction=...)`` combines a group's layers (``_reduce``):
+    ``"mean"`` (its default, and ours: every member counts equally, and a unit's score does not grow
+    with its number of members, so units with one and with three producers compare), ``"sum"``,
+    ``"max"``, ``"prod"``, or ``"first"`` (the root member only: the pre-group behaviour). A single
+    member is returned as is, so a chain unit's score is exactly its one member's."""
+    if how not in GROUP_REDUCTIONS:
+        raise BenchError(f"group reduction must be one of {', '.join(GROUP_REDUCTIONS)}, got '{how}'")
+    if not per_member:
+        raise BenchError("reduce_group needs at least one member's scores, got none")
+    if len(per_member) == 1 or how == "first":
+        return per_member[0]
+    stacked = torch.stack(per_member)
+    if how == "mean":
+        return stacked.mean(0)
+    if how == "sum":
+        return stacked.sum(0)
+    if how == "max":
+        return stacked.amax(0)
+    return stacked.prod(0)
+
+
 # --- filter L1 (Li et al. 2017) -------------------------------------------------------------------
 
 
-def filter_l1(model: nn.Module, units: list[PrunableUnit], normalize: str = "layer_mean") -> Scores:
-    """L1 norm of each output filter of the unit's producer conv (Li et al., ICLR 2017), scaled for a
-    global comparison: by the layer's mean filter norm, by the filter's number of weights, or not."""
+def filter_l1(
+    model: nn.Module, units: list[PrunableUnit], normalize: str = "layer_mean", reduction: str = "mean"
+) -> Scores:
+    """L1 norm of each output filter (Li et al., ICLR 2017) of every conv producing the unit's
+    channels, each member scaled for a global comparison (by its mean filter norm, by its filter's
+    number of weights, or not), then reduced over members (:func:`reduce_group`). We chose to scale
+    each member before reducing (Torch-Pruning normalises after): a 1x1 downsample's filters have 9x
+    fewer weights than a 3x3 conv's, and unscaled it would barely count."""
     _check_normalize(normalize, FILTER_NORMALIZATIONS)
-    return {
-        unit.name: _normalized_l1(module_by_name(model, unit.producer).weight.detach(), normalize) for unit in units
-    }
+    with torch.no_grad():
+        return {
+            unit.name: reduce_group([_normalized_l1(w, normalize) for w in member_filters(model, unit)], reduction)
+            for unit in units
+        }
 
 
-def _normalized_l1(weight: torch.Tensor, normalize: str) -> torch.Tensor:
-    norms = weight.abs().flatten(1).sum(1)
+def _normalized_l1(filters: torch.Tensor, normalize: str) -> torch.Tensor:
+    """``filters``: (channels, weights per filter)."""
+    norms = filters.abs().sum(1)
     if normalize == "layer_mean":
         return layer_mean(norms)
     if normalize == "per_weight":
-        return norms / weight[0].numel()
+        return norms / filters.shape[1]
     return norms
 
 
@@ -97,8 +175,8 @@ def _normalized_l1(weight: torch.Tensor, normalize: str) -> torch.Tensor:
 
 
 def unit_bn(model: nn.Module, unit: PrunableUnit, needed_by: str = "this scorer") -> nn.BatchNorm2d:
-    """The BN that scales this unit's channels (the first BN among its 'out' members); ``needed_by``
-    names the method in the error raised when there is none."""
+    """The first BN that scales this unit's channels (the root conv's BN; :func:`unit_bns` gives all
+    of them); ``needed_by`` names the method in the error raised when there is none."""
     for name in unit.modules("out"):
         module = module_by_name(model, name)
         if isinstance(module, BN_TYPES):
@@ -106,9 +184,19 @@ def unit_bn(model: nn.Module, unit: PrunableUnit, needed_by: str = "this scorer"
     raise BenchError(f"{needed_by} needs a BatchNorm after '{unit.name}', and this model has none there")
 
 
-def bn_gamma(model: nn.Module, units: list[PrunableUnit], needed_by: str = "this scorer") -> Scores:
-    """|gamma| of the BN that scales each unit's channels (network slimming, Liu et al. 2017)."""
-    return {unit.name: unit_bn(model, unit, needed_by).weight.detach().abs().clone() for unit in units}
+def bn_gamma(
+    model: nn.Module, units: list[PrunableUnit], needed_by: str = "this scorer", reduction: str = "mean"
+) -> Scores:
+    """|gamma| of every BN scaling each unit's channels (network slimming, Liu et al. 2017), reduced
+    over the unit's BNs (:func:`reduce_group`; Torch-Pruning's ``BNScaleImportance`` reduces a group's
+    BNs the same way, default mean). ``needed_by`` names the method when a unit has no BN."""
+    scores = {}
+    for unit in units:
+        bns = unit_bns(model, unit)
+        if not bns:
+            raise BenchError(f"{needed_by} needs a BatchNorm after '{unit.name}', and this model has none there")
+        scores[unit.name] = reduce_group([bn.weight.detach().abs() for bn in bns], reduction)
+    return scores
 
 
 def batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:

@@ -1,6 +1,6 @@
 """Measurement with one protocol: params, FLOPs (fvcore conv+linear MACs) and latency.
 
-FLOPs here are multiply-accumulates of conv and linear layers (METHODS.md convention, as in Li et
+FLOPs here are multiply-accumulates of conv and linear layers (methods/README.md convention, as in Li et
 al. and HRank). fvcore already counts one per MAC; we keep only its conv and linear operators so
 BN, pooling and the shortcut padding are excluded. ``torch.utils.flop_counter`` counts 2 per MAC
 and is the cross-check in the tests.
@@ -24,7 +24,7 @@ FLOP_CONVENTION = "fvcore conv+linear MACs (1 per multiply-accumulate)"
 
 
 def count_params(model: nn.Module) -> int:
-    """All trainable parameters, BN included (METHODS.md convention)."""
+    """All trainable parameters, BN included (methods/README.md convention)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -183,6 +183,12 @@ def sparsity_metric(kind: str, eps: float) -> str:
     return f"sparsity/{kind}_eps_{eps:.0e}"
 
 
+def is_sparsity_metric(name: str) -> bool:
+    """Whether ``name`` is a sparsity curve at one eps (not a sparsity-phase epoch metric such as
+    ``sparsity/val_acc``)."""
+    return name.startswith("sparsity/") and "_eps_" in name
+
+
 class Artifact:
     """Artifact file names (JSON unless named otherwise)."""
 

@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from bench.augment import BatchLoader, default_padding
 from bench.checkpoint import atomic_save, load
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
+from bench.errors import BenchError
 
 
 class DivergedError(RuntimeError):
@@ -127,14 +128,74 @@ def lr_factor(schedule: Schedule, epoch: int) -> float:
     return schedule.gamma**passed
 
 
-def make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, schedule: Schedule, no_decay: Collection[str] = ()) -> torch.optim.SGD:
+    """SGD with the schedule's settings; the parameters named in ``no_decay`` (``Method.no_weight_decay``)
+    form a second group with weight decay 0. Without them there is one group, as always."""
+    named = dict(model.named_parameters())
+    unknown = sorted(set(no_decay) - named.keys())
+    if unknown:
+        raise BenchError(f"no_weight_decay names parameters the model does not have: {', '.join(unknown[:3])}")
+    groups = [{"params": [p for n, p in named.items() if n not in no_decay]}]
+    if no_decay:
+        groups.append({"params": [p for n, p in named.items() if n in no_decay], "weight_decay": 0.0})
     return torch.optim.SGD(
-        model.parameters(),
+        groups,
         lr=schedule.lr,
         momentum=schedule.momentum,
         nesterov=schedule.nesterov and schedule.momentum > 0,
         weight_decay=schedule.weight_decay,
     )
+
+
+class ParamEMA:
+    """Exponential moving average of a model's parameters, updated after every optimizer step
+    (``Method.ema_decay``): ``a_t = decay * a_{t-1} + (1 - decay) * p_t`` from ``a_0 = 0``, read as
+    ``a_t / (1 - decay^t)`` (Adam's bias correction). Buffers (BN running statistics) stay the
+    model's own. sgl0's authors (kbui1993/Official_Nonconvex_SGL, ``update_ema`` and
+    ``load_ema_params``) average the same parameters with the same correction but start ``a_0`` at
+    the initial weights, which the correction then counts ``decay^t / (1 - decay^t)`` times (99x at
+    step 1, 2% after 390 steps at 0.99); we chose ``a_0 = 0``, the unbiased form."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise BenchError(f"ema_decay must be in (0, 1) or None, got {decay}")
+        self.decay, self.steps = decay, 0
+        self.avg = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in model.parameters()]
+
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        torch._foreach_lerp_(self.avg, [p.detach() for p in model.parameters()], 1 - self.decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Put the averaged parameters into ``model`` (a no-op before the first step)."""
+        if self.steps:
+            correction = 1 - self.decay**self.steps
+            with torch.no_grad():
+                for p, a in zip(model.parameters(), self.avg, strict=True):
+                    p.copy_(a / correction)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "steps": self.steps, "avg": [a.detach().cpu() for a in self.avg]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.avg = [s.to(a.device, a.dtype) for a, s in zip(self.avg, state["avg"], strict=True)]
+
+
+@contextlib.contextmanager
+def averaged(model: nn.Module, ema: ParamEMA | None) -> Iterator[None]:
+    """Inside: ``model`` holds the EMA's parameters (when there is one); after: its own again."""
+    if ema is None or not ema.steps:
+        yield
+        return
+    live = [p.detach().clone() for p in model.parameters()]
+    ema.copy_to(model)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in zip(model.parameters(), live, strict=True):
+                p.copy_(saved)
 
 
 def eval_loader(split: Split, data: DatasetSplits, runtime: Runtime) -> BatchLoader:
@@ -230,25 +291,28 @@ def fit(
     keep: str = "best_val",
 ) -> FitResult:
     """Train ``model`` in place for ``schedule.epochs``; it ends holding the best-val weights, or the
-    last epoch's with ``keep="last"`` (the result's accuracies are the best-val epoch's either way)."""
+    last epoch's with ``keep="last"`` (the result's accuracies are the best-val epoch's either way).
+    With a method's ``ema_decay``, "weights" are the EMA's parameters: evaluated, selected and kept."""
     model.to(runtime.device, memory_format=runtime.memory_format)
-    optimizer = make_optimizer(model, schedule)
+    optimizer = make_optimizer(model, schedule, method.no_weight_decay(model, ctx) if method is not None else ())
+    decay = method.ema_decay(ctx) if method is not None else None
+    ema = ParamEMA(model, decay) if decay is not None else None
     loader = train_loader(data, schedule, runtime, seed)
     val_loader, test_loader = eval_loader(data.val, data, runtime), eval_loader(data.test, data, runtime)
-    state = _restore(checkpoint, model, optimizer, method)
+    state = _restore(checkpoint, model, optimizer, method, ema)
     if ctx is not None:
         ctx.epochs, ctx.steps_per_epoch, ctx.train_size = schedule.epochs, len(loader), len(data.train)
-    total = schedule.epochs * len(loader)
-    bar = _progress_bar(total, (state.epoch + 1) * len(loader), desc, runtime)
-    trainer = EpochTrainer(model, loader, optimizer, schedule, runtime, method, ctx, desc, lambda: bar.update(1))
+    bar = _progress_bar(schedule.epochs * len(loader), (state.epoch + 1) * len(loader), desc, runtime)
+    trainer = EpochTrainer(model, loader, optimizer, schedule, runtime, method, ctx, desc, lambda: bar.update(1), ema)
     try:
         for epoch in range(state.epoch + 1, schedule.epochs):
             stats = trainer.run(epoch)
-            stats.update(evaluate_splits(model, val_loader, test_loader, runtime))
-            _select(state, model, epoch, stats)
+            with averaged(model, ema):
+                stats.update(evaluate_splits(model, val_loader, test_loader, runtime))
+                _select(state, model, epoch, stats)
             state.epoch = epoch
             state.result.history.append(stats)
-            _save(checkpoint, state, model, optimizer, method)
+            _save(checkpoint, state, model, optimizer, method, ema)
             if runtime.epoch_lines:
                 _summary_line(bar, desc, epoch, schedule.epochs, stats)
             if on_epoch:
@@ -257,7 +321,11 @@ def fit(
         bar.close()
         trainer.close()
     state.result.compile_status = trainer.compile_status
-    return _finish(state, model) if keep == "best_val" else state.result
+    if keep == "best_val":
+        return _finish(state, model)
+    if ema is not None:
+        ema.copy_to(model)
+    return state.result
 
 
 def _progress_bar(total: int, initial: int, desc: str, runtime: Runtime) -> tqdm:
@@ -291,6 +359,7 @@ class EpochTrainer:
     ctx: Context | None = None
     desc: str = "train"
     on_step: Callable[[], None] = lambda: None  # progress-bar tick
+    ema: ParamEMA | None = None  # updated after every step (the method's ema_decay)
     capture: FeatureCapture | None = field(init=False, default=None)
     compile_status: str = field(init=False, default="off")
     _forward: Callable[[torch.Tensor], torch.Tensor] = field(init=False)
@@ -380,6 +449,8 @@ class EpochTrainer:
         if method is not None:
             method.after_step(self.model, ctx)
             ctx.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
         return logits, loss
 
 
@@ -414,24 +485,25 @@ def _summary_line(bar: tqdm, desc: str, epoch: int, epochs: int, s: dict[str, fl
     )
 
 
-def _save(path: Path | None, state: _State, model: nn.Module, optimizer, method: Method | None) -> None:
+def _save(path: Path | None, state: _State, model: nn.Module, optimizer, method: Method | None, ema=None) -> None:
     if path is None:
         return
     atomic_save(
         {
             "epoch": state.epoch,
-            "model": model.state_dict(),
+            "model": model.state_dict(),  # the live weights, which training resumes from
             "optimizer": optimizer.state_dict(),
             "best_state": state.best_state,
             "result": asdict(state.result),
             "method_state": method.state_dict() if method else {},
+            "ema": ema.state_dict() if ema is not None else None,
             "rng": torch.get_rng_state(),
         },
         path,
     )
 
 
-def _restore(path: Path | None, model: nn.Module, optimizer, method: Method | None) -> _State:
+def _restore(path: Path | None, model: nn.Module, optimizer, method: Method | None, ema=None) -> _State:
     if path is None or not path.exists():
         return _State()
     saved = load(path)
@@ -439,6 +511,8 @@ def _restore(path: Path | None, model: nn.Module, optimizer, method: Method | No
     optimizer.load_state_dict(saved["optimizer"])
     if method is not None:
         method.load_state_dict(saved["method_state"])
+    if ema is not None and saved.get("ema") is not None:
+        ema.load_state_dict(saved["ema"])
     torch.set_rng_state(saved["rng"])
     return _State(saved["epoch"], FitResult(**saved["result"]), saved["best_state"])
 

@@ -2,7 +2,7 @@
 
 A *prunable unit* is one group of coupled channels, named after the conv that produces them, plus
 every tensor slice that must go with one channel: its BN channel and the matching input channel of
-each consumer (METHODS.md, "Conventions"). Methods return one score per channel of each unit;
+each consumer (methods/README.md, "Conventions"). Methods return one score per channel of each unit;
 surgery removes channels unit by unit; the FLOPs model prices a plan from the same description.
 """
 
@@ -39,7 +39,8 @@ class PrunableUnit:
 
     @property
     def producer(self) -> str:
-        """The conv whose output channels are this unit's channels (the scoring layer)."""
+        """The root conv producing this unit's channels. A DepGraph unit may have more convs on its
+        "out" side (a residual add's inputs); scorers use them all (``importance.member_filters``)."""
         return self.name
 
     def modules(self, side: Side) -> tuple[str, ...]:

@@ -1,15 +1,18 @@
 """ffr: feature flow regularization (Wu, Lan, Zhang, Xiang; "Feature Flow Regularization:
-Improving Structured Sparsity in Deep Neural Networks", arXiv 2106.02914; Neural Networks 2023).
+Improving Structured Sparsity in Deep Neural Networks", arXiv 2106.02914, 2021; Neural Networks 2023).
 
 The features of consecutive hidden layers form a trajectory, the feature flow; FFR penalises its
 gradient and curvature (arXiv wording), or its length and total absolute curvature (journal
 wording), so that short, straight trajectories give parameters with structured sparsity, and
 filters are then pruned. Neither the full text nor the authors' code could be read: the
-formulation below is our reconstruction (METHODS.md, "ffr"), and every choice is a config field.
+formulation below is our reconstruction (methods/README.md, "ffr"), and every choice is a config field.
 
-- Features: x_0 is the stem's output (after its ReLU), x_l the output of basic block l (ResNets)
-  or of conv layer l after BN and ReLU (VGGs); the classifier is excluded. They are captured by
-  forward hooks in the loss's own forward pass (no second pass).
+- Features (``features="blocks"``): x_0 is the stem's output (after its ReLU), x_l the output of
+  basic block l (ResNets) or of conv layer l after BN and ReLU (VGGs); the classifier is excluded.
+  ``features="layers"``: every conv+BN+ReLU output in forward order, so a ResNet block contributes
+  its internal channel (conv1-BN-ReLU, the channel that is pruned) and then its output; the
+  internal feature is aligned to and from its neighbours by the same P (for a VGG both are the
+  same). They are captured by forward hooks in the loss's own forward pass (no second pass).
 - Alignment P maps x_l into x_{l+1}'s shape without parameters, as an option-A shortcut does:
   spatial subsample by the integer ratio, then zero-pad channels equally on both sides
   (``align="shortcut"``). ``align="stage"`` only takes differences inside runs of equal shape.
@@ -48,7 +51,15 @@ ALIGNS = ("shortcut", "stage")
 CURVATURES = ("second_difference", "angle")
 NORMS = ("l2", "l2sq", "l1")
 IMPORTANCES = ("l1", "bn")
-CHOICES = {"align": ALIGNS, "curvature": CURVATURES, "norm": NORMS, "importance": IMPORTANCES, "kernel": KERNELS}
+FEATURES = ("blocks", "layers")
+CHOICES = {
+    "features": FEATURES,
+    "align": ALIGNS,
+    "curvature": CURVATURES,
+    "norm": NORMS,
+    "importance": IMPORTANCES,
+    "kernel": KERNELS,
+}
 Features = list[torch.Tensor]  # x_0, x_1, ...: (N, C, H, W) each
 
 
@@ -64,7 +75,9 @@ class FFRConfig:
     defaults must come from an Optuna sweep on the validation split (a later issue), recorded with
     the sweep that produced them.
 
-    ``align``, ``curvature``, ``norm``: see the module docs. ``importance``: ``"l1"`` = filter L1
+    ``features``: ``"blocks"`` (x_l = residual block outputs) or ``"layers"`` (every conv+BN+ReLU
+    output in forward order, so each block's internal channel, the one that is pruned, is on the
+    trajectory too). ``align``, ``curvature``, ``norm``: see the module docs. ``importance``: ``"l1"`` = filter L1
     norm / its layer's mean (l1's ``layer_mean``), ``"bn"`` = |gamma| of the unit's BN.
 
     ``kernel``: how G and C are computed, not what: ``"eager"``, ``"compiled"`` (inductor), or
@@ -73,6 +86,7 @@ class FFRConfig:
 
     lambda_grad: float = 1e-2
     lambda_curv: float = 5e-3
+    features: str = "blocks"
     align: str = "shortcut"
     curvature: str = "second_difference"
     norm: str = "l2"
@@ -101,7 +115,7 @@ class FeatureFlow(Method):
         self.engine = FlowEngine(self.config.kernel)  # bench.flow.kernel_status(method) reports it
 
     def feature_modules(self, model: nn.Module) -> list[str]:
-        return feature_modules(model, needed_by="ffr")
+        return feature_modules(model, needed_by="ffr", kind=self.config.features)
 
     def regularization(self, model: nn.Module, features: Features, ctx: Context) -> torch.Tensor | None:
         cfg = self.config
@@ -126,7 +140,7 @@ class FeatureFlow(Method):
         return {
             "lambda_grad": trial.suggest_float("lambda_grad", 1e-4, 1e-1, log=True),
             "lambda_curv": trial.suggest_float("lambda_curv", 1e-4, 1e-1, log=True),
-            "align": trial.suggest_categorical("align", list(ALIGNS)),
+            "features": trial.suggest_categorical("features", list(FEATURES)),
             "curvature": trial.suggest_categorical("curvature", list(CURVATURES)),
             "norm": trial.suggest_categorical("norm", list(NORMS)),
         }

@@ -3,7 +3,10 @@ ICLR 2017, arXiv 1608.08710).
 
 Prune a trained dense model once, then fine-tune (paper: 40 epochs at a constant lr 0.001, the
 ``paper`` preset's fine-tune schedule). The importance of an output channel is the L1 norm of its
-filter; inside a layer that is exactly the paper's ranking.
+filter; inside a layer that is exactly the paper's ranking. Where a unit is a coupled group
+(DepGraph, e.g. the convs summed by a timm ResNet's residual adds), every conv producing the
+channels is scored, each normalised as below, and the group's score is their mean (``filter_l1``,
+Torch-Pruning's default group reduction); a plain conv -> BN unit keeps the paper's score.
 
 Across layers the paper never compares norms: it prunes the same fraction p of every layer of a
 stage. A global rule (our FLOPs target) must compare them, and raw norms do not compare: with

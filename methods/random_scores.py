@@ -1,6 +1,6 @@
 """random: random channel scores under the same allocation rule and fine-tuning as every method.
 
-The floor a method has to beat (METHODS.md, "Baselines every comparison includes"): if a method's
+The floor a method has to beat (methods/README.md, "Baselines every comparison includes"): if a method's
 pruned network does no better than one whose channels were chosen at random and then fine-tuned
 on the same schedule, its importance criterion adds nothing. Scores are uniform in [0, 1), drawn
 from the run's seeded generator, so the same seed gives the same plan. Starts from the trained

@@ -1,28 +1,53 @@
-"""sgl0: sparse group L0 + L2,1 by relaxed variable splitting (Bui, Park, Zhang, Qi, Xin;
-"l0 Regularized Structured Sparsity Convolutional Neural Networks", arXiv 1912.07868; "Structured
-Sparsity of Convolutional Neural Networks via Nonconvex Sparse Group Regularization", Frontiers in
-Applied Mathematics and Statistics 2021; official code: github.com/kbui1993/Official_Nonconvex_SGL).
+"""sgl0: sparse group L0 + L2,1 by relaxed variable splitting (Kevin Bui, Fredrick Park, Shuai
+Zhang, Yingyong Qi, Jack Xin; "l0 Regularized Structured Sparsity Convolutional Neural Networks",
+arXiv 1912.07868, 2019; "Structured Sparsity of Convolutional Neural Networks via Nonconvex Sparse
+Group Regularization", Frontiers in Applied Mathematics and Statistics 6:529564, 2021, doi
+10.3389/fams.2020.529564; official code: github.com/kbui1993/Official_Nonconvex_SGL).
 
-Each regularized layer (the producer conv of every prunable unit: in a CIFAR ResNet exactly the
+Each regularized layer (every producer conv of every prunable unit: in a CIFAR ResNet exactly the
 first conv of each block, as the authors regularize) gets an auxiliary copy U of its weights W.
-Training minimizes cross-entropy plus, per layer and divided by the training-set size N (the
+Training minimizes cross-entropy plus, per unit and divided by the training-set size N (the
 authors' code divides the whole regularizer by N = 50,000; we use ``ctx.train_size``)::
 
     lam * ||U||_0  +  lam * sqrt(|g|) * sum_g ||W_g||_2  +  beta / 2 * ||W - U||^2
 
-with a group g = one output filter (|g| = C_in * k * k). Each iteration alternates: an optimizer
-step on W with U fixed (the L2,1 and coupling terms are :meth:`regularization`, so autograd and
-the run's optimizer handle them; ||U||_0 has no gradient in W), then :meth:`after_step` sets U to
-the L0 proximal point, U = hard-threshold(W, sqrt(2 lam / beta)): entries with |w| >= t are kept,
-the rest zeroed (at |w| = t both choices have the same objective; the authors' ``Hardshrink``
-keeps |w| > t, a measure-zero difference). beta grows x1.25 every ``beta_every`` epochs of the
-sparsity phase (authors: 20, 40 for LeNet), in :meth:`on_epoch_end` after the epoch's last step,
-as in the authors' loop. ``threshold="soft"`` swaps the L0 term for lam * ||U||_1, whose proximal
-point is the soft threshold at lam / beta (the authors' ``group_relaxed_L1`` variant).
+with a group g = one output channel's filter (|g| = C_in * k * k). Each iteration alternates: an
+optimizer step on W with U fixed (the L2,1 and coupling terms are :meth:`regularization`, so
+autograd and the run's optimizer handle them; ||U||_0 has no gradient in W), then
+:meth:`after_step` sets U to the L0 proximal point, U = hard-threshold(W, sqrt(2 lam / beta)):
+entries with |w| >= t are kept, the rest zeroed (at |w| = t both choices have the same objective;
+the authors' ``Hardshrink`` keeps |w| > t, a measure-zero difference). beta grows x1.25 every
+``beta_every`` epochs of the sparsity phase (authors: 20, 40 for LeNet), in :meth:`on_epoch_end`
+after the epoch's last step, as in the authors' loop. ``threshold="soft"`` swaps the L0 term for
+lam * ||U||_1, whose proximal point is the soft threshold at lam / beta (the authors'
+``group_relaxed_L1`` variant).
 
-Defaults are the authors' CIFAR ones (wide ResNet 28-10): lam 1e-3, beta 0.04. Their schedule
-(train from scratch, SGD Nesterov lr 0.1 x0.2 at 60/120/160, 200 epochs, wd 5e-4) is the run's
-sparsity schedule; the method starts from scratch.
+Read in the authors' code (``train_group_relaxed_wideresnet.py``, ``wideresnet_models.py``,
+``new_layers/group_relaxed_L0_layers.py``), CIFAR wide ResNet 28-10: lam 1e-3, beta 0.04 (our
+defaults), trained from scratch (``start="scratch"``) for 200 epochs, batch 128, SGD momentum 0.9
+Nesterov, lr 0.1 x0.2 at epochs 60/120/160. The optimizer has no weight decay; the model's own
+regularizer adds 5e-4/2 ||p||^2 on every other layer (and BN), none on a regularized conv's weight,
+whose only penalty is the sgl0 term. Validation loads an exponential moving average of the
+parameters (``beta_ema`` 0.99, every step). These are the paper preset's ``[method.sgl0.sparsity]``
+and ``[method.sgl0.params]`` sections (bench/presets/paper.toml); other presets run sgl0 on the
+run's sparsity schedule. :meth:`no_weight_decay` exempts the regularized weights from the
+optimizer's weight decay on every preset (the L2,1 term is their regulariser).
+
+``ema`` (default 0: off; the paper preset sets the authors' 0.99): with it, the harness keeps a
+bias-corrected EMA of the parameters during the sparsity phase (``bench.training.ParamEMA``);
+validation, selection and the model handed to pruning use the averaged parameters, BN running
+statistics stay the trained model's (the authors average ``parameters()`` only). Importance then
+reads U = threshold(W_ema): the channels removed are those the averaged model, the one that was
+evaluated, has emptied. U itself, the coupling and the threshold steps follow the live W, as in the
+authors' loop. We chose off by default: on other presets every method is evaluated on its live
+weights, and an average is a change of protocol, not of sgl0's objective.
+
+DepGraph units (a whole coupled group, e.g. timm's resnet18 ``layer4.0.downsample.0`` with three
+producer convs): the group g of channel c is every producer's filter c together (|g| = the sum of
+their sizes), so the L2,1 term pulls the whole coupled channel toward zero; every producer conv gets
+its U and is thresholded; the score reduces the members' per-layer-normalised norms by their mean
+(``bench.api.reduce_group``), and a channel is empty when every member's U filter is zero. A chain
+unit (one producer) is exactly the single-filter case above.
 
 Our choices:
 - U starts as the thresholded initial W (the authors start it uniform in [0, 1), an artefact that
@@ -33,8 +58,8 @@ Our choices:
   W-normalised U norms rank whole wide layers last. Measured on a trained resnet20 (15 epochs),
   t = 0.092 (beta after 160 epochs), no empty group, 40% FLOPs target: U / mean ||W_g|| kept
   2-6% of each stage-3 layer (123 channels in all), U / mean ||U_g|| kept 58-66% of every layer
-  (204 channels), close to the W-norm scores' 44-69% (211). A filter whose U group is all zero is removed by
-  the method: it scores below every filter with a nonzero U group, in [-1, 0):
+  (204 channels), close to the W-norm scores' 44-69% (211). A filter whose U group is all zero is
+  removed by the method: it scores below every filter with a nonzero U group, in [-1, 0):
   -1 / (1 + ||W_g|| / mean ||W_g||). The global FLOPs-target rule then decides the rest; when more
   groups are empty than the target needs, the empty-U filters with the largest W go last, instead
   of the allocation's stable sort breaking the tie by layer order (first stage first). Same
@@ -42,8 +67,9 @@ Our choices:
   64-wide layer's are empty, so sgl0 prunes stage 3 first whichever normalisation is used; that is
   the method's decision. ``importance="W"`` scores ||W_g||_2 / mean ||W_g||_2 (l1's rule with L2).
 - The scores use U = threshold(W) recomputed from the weights being pruned, at the threshold of
-  the last step: after sparsity training the harness restores the best-validation epoch, and the
-  stored U belongs to the last step. When the best epoch is the last, the two are bitwise equal.
+  the last step: after sparsity training the harness hands on the last (or best-validation)
+  epoch's weights, or their EMA, and the stored U belongs to the last step's live W. When the
+  weights are the last step's, the two are bitwise equal.
 - Across rounds (the method itself runs one), U is keyed by layer name; after surgery a layer's U
   has a stale shape and is re-initialized as threshold(W) at the next training step, which is
   exactly the sliced U when no training happened in between. beta is state: it keeps growing
@@ -58,7 +84,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method, layer_mean, module_by_name
+from bench.api import Context, Method, PrunableUnit, layer_mean, member_filters, module_by_name, reduce_group
 from bench.errors import BenchError
 
 THRESHOLDS = ("hard", "soft")
@@ -67,11 +93,12 @@ IMPORTANCES = ("U", "W")
 
 @dataclass(frozen=True)
 class SGL0Config:
-    """``lam``: weight of the L0 (or L1) term on U and of the L2,1 term on W, per filter group
+    """``lam``: weight of the L0 (or L1) term on U and of the L2,1 term on W, per channel group
     (times sqrt of the group size), before the division by N. ``beta``: initial weight of the
     coupling beta/2 ||W - U||^2; ``beta_growth`` multiplies it every ``beta_every`` sparsity epochs.
     ``threshold``: "hard" (L0, at sqrt(2 lam / beta)) or "soft" (L1, at lam / beta).
-    ``importance``: score filters by U (default) or by W; see the module docs."""
+    ``importance``: score channels by U (default) or by W. ``ema``: decay per optimizer step of the
+    moving average of the parameters that evaluation and pruning use; 0 = off (the authors: 0.99)."""
 
     lam: float = 1e-3
     beta: float = 0.04
@@ -79,6 +106,7 @@ class SGL0Config:
     beta_every: int = 20
     threshold: str = "hard"
     importance: str = "U"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.lam > 0:
@@ -93,6 +121,13 @@ class SGL0Config:
             raise ValueError(f"threshold must be one of {', '.join(THRESHOLDS)}, got '{self.threshold}'")
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0: off; the authors use 0.99), got {self.ema}")
+
+
+def producers(model: nn.Module, unit: PrunableUnit) -> list[str]:
+    """Names of the convs (and linears) producing ``unit``'s channels, in :func:`member_filters` order."""
+    return [n for n in unit.modules("out") if isinstance(module_by_name(model, n), nn.Conv2d | nn.Linear)]
 
 
 class SparseGroupL0(Method):
@@ -125,27 +160,34 @@ class SparseGroupL0(Method):
         return torch.sign(w) * (w.abs() - t).clamp_min(0)
 
     def layers(self, model: nn.Module, ctx: Context) -> dict[str, nn.Module]:
-        """The regularized layers: the producer conv of every prunable unit."""
-        return {u.producer: module_by_name(model, u.producer) for u in ctx.units}
+        """The regularized layers: every producer conv of every prunable unit."""
+        return {name: module_by_name(model, name) for u in ctx.units for name in producers(model, u)}
 
     def setup(self, model: nn.Module, ctx: Context) -> None:
         self._refresh_stale(model, ctx)
+
+    def no_weight_decay(self, model: nn.Module, ctx: Context) -> set[str]:
+        """The regularized weights: their penalty is the sgl0 term (the authors' optimizer has none)."""
+        return {f"{name}.weight" for name in self.layers(model, ctx)}
+
+    def ema_decay(self, ctx: Context) -> float | None:
+        return self.config.ema or None
 
     def regularization(self, model: nn.Module, features: list[torch.Tensor], ctx: Context) -> torch.Tensor | None:
         if ctx.train_size <= 0:
             raise BenchError("sgl0 divides its regularizer by the training-set size, and ctx.train_size is not set")
         self._refresh_stale(model, ctx)
-        total = None
-        for name, layer in self.layers(model, ctx).items():
-            term = self.layer_penalty(layer.weight, self.u[name])
-            total = term if total is None else total + term
-        return None if total is None else total / ctx.train_size
+        terms = [self.unit_penalty(model, unit) for unit in ctx.units]
+        return sum(terms) / ctx.train_size if terms else None
 
-    def layer_penalty(self, weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """lam sqrt(|g|) sum_g ||W_g||_2 + beta/2 ||W - U||^2 for one layer (the part with a W gradient)."""
-        group_size = weight[0].numel()
-        group_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1)
-        coupling = (weight - u).pow(2).sum()
+    def unit_penalty(self, model: nn.Module, unit: PrunableUnit) -> torch.Tensor:
+        """lam sqrt(|g|) sum_g ||W_g||_2 + beta/2 ||W - U||^2 over the unit's producers (the part with
+        a W gradient); g = channel c of every producer together."""
+        filters, names = member_filters(model, unit), producers(model, unit)
+        grouped = torch.cat(filters, dim=1) if len(filters) > 1 else filters[0]
+        group_size = grouped.shape[1]
+        group_norms = torch.linalg.vector_norm(grouped, dim=1)  # its gradient at an all-zero group is 0
+        coupling = sum((f - self.u[n].reshape(f.shape)).pow(2).sum() for f, n in zip(filters, names, strict=True))
         return self.config.lam * math.sqrt(group_size) * group_norms.sum() + 0.5 * self.beta * coupling
 
     def after_step(self, model: nn.Module, ctx: Context) -> None:
@@ -169,17 +211,19 @@ class SparseGroupL0(Method):
 
     # --- scores -----------------------------------------------------------------------------
     def importance(self, model: nn.Module, ctx: Context) -> dict[str, torch.Tensor]:
-        scores = {}
-        for unit in ctx.units:
-            weight = module_by_name(model, unit.producer).weight.detach().float()
-            w_norms = torch.linalg.vector_norm(weight.flatten(1), dim=1)
-            w_rel = layer_mean(w_norms)
-            if self.config.importance == "W":
-                scores[unit.name] = w_rel.cpu()
-                continue
-            u_norms = torch.linalg.vector_norm(self.prox(weight, self.u_beta).flatten(1), dim=1)
-            scores[unit.name] = torch.where(u_norms > 0, layer_mean(u_norms), -1 / (1 + w_rel)).cpu()
-        return scores
+        return {unit.name: self.unit_scores(model, unit).cpu() for unit in ctx.units}
+
+    def unit_scores(self, model: nn.Module, unit: PrunableUnit) -> torch.Tensor:
+        """Per channel: the producers' ||U_g|| / layer mean, reduced by their mean; an all-zero U
+        channel scores -1 / (1 + W score) instead (module docs)."""
+        filters = [f.detach().float() for f in member_filters(model, unit)]
+        w_rel = reduce_group([layer_mean(torch.linalg.vector_norm(f, dim=1)) for f in filters])
+        if self.config.importance == "W":
+            return w_rel
+        u_norms = [torch.linalg.vector_norm(self.prox(f, self.u_beta), dim=1) for f in filters]
+        u_rel = reduce_group([layer_mean(n) for n in u_norms])
+        empty = sum(u_norms) == 0
+        return torch.where(empty, -1 / (1 + w_rel), u_rel)
 
     # --- state and sweeps -------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -2,10 +2,13 @@
 Networks through Network Slimming", ICCV 2017, arXiv 1708.06519).
 
 Sparsity training from scratch adds ``lam * sum |gamma|`` over every BN scale, applied as the
-subgradient ``gamma.grad += lam * sign(gamma)`` after backward. The importance of a channel is the
-|gamma| of the BN after its conv; allocation is one global threshold (``prune.channel_fraction``,
-e.g. 0.7 = 70% of channels pruned, or a FLOPs target). Paper: gamma initialised to 0.5, lam 1e-4
-for VGG and 1e-5 for ResNets, both phases 160 epochs, batch 64, lr 0.1 /10 at 50% and 75%.
+subgradient ``gamma.grad += lam * sign(gamma)`` after backward, on every BN of the model (so on every
+BN of a coupled group). The importance of a channel is the |gamma| of the BN after its conv; where a
+unit is a coupled group (DepGraph: the BNs before a timm ResNet's residual adds), the mean |gamma|
+over the group's BNs (``bn_gamma``, Torch-Pruning's default group reduction). Allocation is one
+global threshold (``prune.channel_fraction``, e.g. 0.7 = 70% of channels pruned, or a FLOPs target).
+Paper: gamma initialised to 0.5, lam 1e-4 for VGG and 1e-5 for ResNets, both phases 160 epochs,
+batch 64, lr 0.1 /10 at 50% and 75%.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ None when the runs hold nothing to plot. :func:`save` writes PNG and PDF.
   seeds), the dense baseline as a dashed line, and a sweep's trials with their Pareto front;
 - accuracy against measured latency (and the latency's batch and device);
 - remaining channels per prunable layer of each method's final plan;
-- unstructured and structured sparsity curves over eps, one line per method.
+- sparsity curves over eps, raw and BN-folded (and BN gamma's), one line per row (seed mean);
+- a sweep's BN-folded structured sparsity against each swept setting and against accuracy.
 """
 
 from __future__ import annotations
@@ -135,26 +136,84 @@ def remaining_channels(rounds: list[dict[str, Any]]) -> tuple[dict[str, int], di
     return before, after
 
 
+SPARSITY_PANELS = {  # curve -> panel title (the stored curves of bench.curves.CURVES)
+    "unstructured": "raw: weights with |w| < eps",
+    "structured": "raw: filters with mean |w| < eps",
+    "unstructured_folded": "BN-folded: weights < eps x layer mean",
+    "structured_folded": "BN-folded: filters < eps x layer mean",
+    "gamma": "BN scales: |gamma| < eps",
+}
+FOLDED_METRIC = "sparsity/structured_folded_eps_1e-02"  # the summary of the settings figure
+
+
 def sparsity_curves(curves: dict[str, dict[str, Any]], title: str = "") -> Figure | None:
-    """``curves``: label -> stored sparsity curves (eps, unstructured, structured)."""
+    """``curves``: label -> stored sparsity curves (eps and one fraction per eps for each curve; a
+    seed mean when ``seeds`` is there). Raw curves above, BN-folded ones and gamma's below; runs
+    logged before the folded curves leave those panels empty."""
     if not curves:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True)
+    panels = dict(zip(SPARSITY_PANELS, [axes[0][0], axes[0][1], axes[1][0], axes[1][1], axes[1][2]], strict=True))
     for label, c in curves.items():
         style = {"ls": "--", "color": "grey"} if label.startswith("dense") else {}
-        left.plot(c["eps"], c["unstructured"], label=label, **style)
-        right.plot(c["eps"], c["structured"], label=label, **style)
-    left.set_title("unstructured: weights with |w| < eps")
-    right.set_title("structured: filters with mean |w| < eps")
-    for ax in (left, right):
+        name = f"{label} (n={c['seeds']})" if c.get("seeds") else label
+        for kind, ax in panels.items():
+            if c.get(kind):
+                ax.plot(c["eps"], c[kind], label=name, **style)
+    for kind, ax in panels.items():
+        ax.set_title(SPARSITY_PANELS[kind], fontsize=10)
         ax.set_xscale("log")
-        ax.set_xlabel("eps (weight magnitude)")
+        ax.set_xlabel("eps (relative to the layer's mean)" if "folded" in kind else "eps")
         ax.grid(alpha=0.3)
-    left.set_ylabel("fraction below eps")
-    right.legend(fontsize=8)
-    fig.suptitle(title or "sparsity of the trained (pre-pruning) models")
+    for row in axes:
+        row[0].set_ylabel("fraction below eps")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][2].axis("off")
+    axes[0][2].legend(handles, labels, fontsize=8, loc="center")
+    fig.suptitle(title or "sparsity of the trained (pre-pruning) models, mean over seeds")
     fig.tight_layout()
     return fig
+
+
+def sparsity_vs_settings(runs: pd.DataFrame, title: str = "") -> Figure | None:
+    """A sweep's trials: BN-folded structured sparsity (filters below 1% of their layer's mean folded
+    |w|, before pruning) against each numeric method setting that varies over the trials, and against
+    the trial's validation accuracy, with the dense baseline's as a reference. None without such trials."""
+    trials = runs[runs["trial"].notna()] if "trial" in runs else runs.iloc[:0]
+    if trials.empty or FOLDED_METRIC not in trials or trials[FOLDED_METRIC].isna().all():
+        return None
+    swept = [c for c in _numeric_settings(trials) if trials[c].nunique() >= 3]
+    dense = runs[(runs["method"] == "dense") & runs[FOLDED_METRIC].notna()] if FOLDED_METRIC in runs else None
+    fig, axes = plt.subplots(1, len(swept) + 1, figsize=(4.2 * (len(swept) + 1), 4), sharey=True, squeeze=False)
+    y = trials[FOLDED_METRIC] * 100
+    for ax, column in zip(axes[0], swept, strict=False):
+        points = ax.scatter(pd.to_numeric(trials[column]), y, c=trials["best_val_acc"] * 100, cmap="viridis", s=22)
+        ax.set_xscale("log")
+        ax.set_xlabel(column.removeprefix("protocol.method_config."))
+    last = axes[0][-1]
+    points = last.scatter(trials["best_val_acc"] * 100, y, c=trials["best_val_acc"] * 100, cmap="viridis", s=22)
+    last.set_xlabel("val accuracy after pruning + fine-tune (%)")
+    for ax in axes[0]:
+        if dense is not None and not dense.empty:
+            ax.axhline(dense[FOLDED_METRIC].mean() * 100, ls="--", color="grey", label="dense")
+        ax.grid(alpha=0.3)
+    if dense is not None and not dense.empty:
+        last.scatter(dense["best_val_acc"] * 100, dense[FOLDED_METRIC] * 100, marker="*", s=90, color="k")
+        last.legend(fontsize=8)
+    axes[0][0].set_ylabel("BN-folded filters < 1% of layer mean (%)")
+    fig.colorbar(points, ax=axes[0].tolist(), label="val accuracy (%)")
+    fig.suptitle(title or "sweep trials: BN-folded structured sparsity before pruning")
+    return fig
+
+
+def _numeric_settings(frame: pd.DataFrame) -> list[str]:
+    """The method's settings (``protocol.method_config.*``) whose values all read as numbers."""
+    out = []
+    for column in (c for c in frame.columns if str(c).startswith("protocol.method_config.")):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.notna().all():
+            out.append(column)
+    return out
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:

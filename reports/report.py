@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.curves import mean_by_method
 from bench.errors import BenchError, unknown_name
 from reports import figures, source
 from reports.reference import load_published
@@ -103,12 +104,13 @@ def make_figures(runs: pd.DataFrame, request: ReportRequest, folder: Path) -> di
         candidates = {
             "accuracy_vs_flops": figures.accuracy_vs_flops(group, title),
             "accuracy_vs_latency": figures.accuracy_vs_latency(group, title),
+            "sparsity_vs_settings": figures.sparsity_vs_settings(group, title),
         }
         if request.export is None and request.tracking_uri is not None:  # artifacts live in MLflow only
             candidates["channels_per_layer"] = figures.channels_per_layer(
                 _artifacts(group, request, "plans.json"), title
             )
-            candidates["sparsity_curves"] = figures.sparsity_curves(_artifacts(group, request, "sparsity.json"), title)
+            candidates["sparsity_curves"] = figures.sparsity_curves(_mean_curves(group, request), title)
         for name, fig in candidates.items():
             if fig is not None:
                 made[f"{name}_{_safe(suffix)}"] = figures.save(fig, folder, f"{name}_{_safe(suffix)}")
@@ -126,6 +128,16 @@ def _artifacts(group: pd.DataFrame, request: ReportRequest, name: str) -> dict[s
         if data is not None:
             found[f"{series} s{seed}"] = data
     return found
+
+
+def _mean_curves(group: pd.DataFrame, request: ReportRequest) -> dict[str, Any]:
+    """Every run's sparsity curves (``sparsity.json``), averaged over the seeds of each row of the table."""
+    found = {}
+    for run_id, series, seed in group[["run_id", "series", "seed"]].itertuples(index=False):
+        data = source.read_artifact(request.tracking_uri, run_id, "sparsity.json")
+        if data is not None:
+            found[f"{series} s{seed}"] = data
+    return mean_by_method(found)
 
 
 def _safe(text: str) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from bench.errors import BenchError, closest
-from bench.schema import PARENT_TAG, Env, Metric, Param, Tag
+from bench.schema import PARENT_TAG, Env, Metric, Param, Tag, is_sparsity_metric
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -133,6 +133,7 @@ def _row(run, parent_tags: dict[str, str]) -> dict[str, Any]:
         row[metric] = metrics.get(metric)
     row["latency_batch_size"] = metrics.get(Metric.LATENCY_BATCH_SIZE, row["latency_batch_size"])
     row.update({k: v for k, v in params.items() if k.startswith(SETTING)})
+    row.update({k: v for k, v in metrics.items() if is_sparsity_metric(k)})
     if row["prune_rule"] is None and Param.TARGET_FLOPS in params:  # runs before the identity tags
         value = params[Param.TARGET_FLOPS]
         if value not in ("None", ""):
@@ -158,8 +159,11 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     settings = setting_columns(frame)
     for column in settings:
         frame[column] = frame[column].map(setting_text).astype(object)
+    sparsity = sparsity_columns(frame)
+    for column in sparsity:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     # chronological inside a group, so methods appear in the order they were run (as bench run lists them)
-    ordered = frame[COLUMNS + settings]
+    ordered = frame[COLUMNS + settings + sparsity]
     return ordered.sort_values(["model", "dataset", "start_time"], kind="stable", ignore_index=True)
 
 
@@ -176,6 +180,11 @@ def stand_in_protocol(frame: pd.DataFrame) -> pd.Series:
 def setting_columns(frame: pd.DataFrame) -> list[str]:
     """The ``protocol.<key>`` columns of ``frame``, sorted."""
     return sorted(c for c in frame.columns if str(c).startswith(SETTING))
+
+
+def sparsity_columns(frame: pd.DataFrame) -> list[str]:
+    """The sparsity-curve columns (``sparsity/structured_folded_eps_1e-02``: a fraction in [0, 1])."""
+    return sorted(c for c in frame.columns if is_sparsity_metric(str(c)))
 
 
 def setting_text(value: Any) -> str | None:

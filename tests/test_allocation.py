@@ -1,4 +1,4 @@
-"""Allocation: analytic cost model, the allocation rules, and Li et al.'s named plans (METHODS.md)."""
+"""Allocation: analytic cost model, the allocation rules, and Li et al.'s named plans (methods/README.md)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def test_plan_from_counts_keeps_highest_scores() -> None:
 
 
 def resnet_conv_id(block_name: str, blocks_per_stage: int) -> int:
-    """METHODS.md: convs numbered from 1 (the stem); block b (global, from 0) has its first conv at 2 + 2b."""
+    """methods/README.md: convs numbered from 1 (the stem); block b (global, from 0) has its first conv at 2 + 2b."""
     stage, block = block_name.removeprefix("layer").split(".")[:2]
     return 2 + 2 * ((int(stage) - 1) * blocks_per_stage + int(block))
 
@@ -234,7 +234,7 @@ NAMED = {
 
 
 def test_resnet_conv_id_mapping() -> None:
-    """The id -> block mapping of METHODS.md: stage 1 holds 2-19, stage 2 20-37, stage 3 38-55 (ResNet-56)."""
+    """The id -> block mapping of methods/README.md: stage 1 holds 2-19, stage 2 20-37, stage 3 38-55 (ResNet-56)."""
     assert resnet_conv_id("layer1.0.conv1", 9) == 2
     assert resnet_conv_id("layer1.7.conv1", 9) == 16
     assert resnet_conv_id("layer1.8.conv1", 9) == 18

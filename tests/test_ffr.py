@@ -1,4 +1,4 @@
-"""ffr: the feature-flow regularizer against the formulas of METHODS.md on hand-made features, its
+"""ffr: the feature-flow regularizer against the formulas of methods/README.md on hand-made features, its
 feature capture inside the loss's own forward pass, and its effect in a short real training."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ NORMS = ("l2", "l2sq", "l1")
 
 
 def direct_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    """The per-sample norm of METHODS.md written out, averaged over the batch."""
+    """The per-sample norm of methods/README.md written out, averaged over the batch."""
     flat = v.reshape(len(v), -1)
     n = flat.shape[1]
     per = {
@@ -178,7 +178,7 @@ def test_lambdas_weigh_the_term_and_zero_lambdas_give_zero() -> None:
 
 
 def reference_terms(xs: list[torch.Tensor], align: str, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """G and the second-difference C by plain autograd through the formulas of METHODS.md."""
+    """G and the second-difference C by plain autograd through the formulas of methods/README.md."""
     ds = [None if align == "stage" and a.shape != b.shape else b - align_to(a, b.shape[1:]) for a, b in pairwise(xs)]
     length = sum(direct_norm(d, norm) for d in ds if d is not None)
     curv = sum(
@@ -343,6 +343,30 @@ def test_regularization_on_real_models_reaches_the_first_conv(name: str, first_c
     assert model.get_submodule(first_conv).weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize(("name", "count"), [("resnet20", 19), ("timm:resnet18", 17), ("vgg16", 13)])
+def test_layer_features_put_each_blocks_internal_channel_on_the_trajectory(name: str, count: int) -> None:
+    torch.manual_seed(0)
+    model = models.create(name).train()
+    method = FeatureFlow(FFRConfig(features="layers"))
+    names = method.feature_modules(model)
+    assert len(names) == count and names[:1] == FeatureFlow().feature_modules(model)[:1]
+    if name == "resnet20":  # stem, then (internal conv1-BN-ReLU, block output) per block
+        assert names[1:3] == ["layer1.0.relu1", "layer1.0"] and names[-2:] == ["layer3.2.relu1", "layer3.2"]
+    elif name == "timm:resnet18":
+        assert names[1:3] == ["layer1.0.act1", "layer1.0"]
+    features = captured(model, torch.randn(2, 3, 32, 32), method)
+    if name == "resnet20":  # the internal feature is relu(bn1(conv1(x))) of its block, in the loss's pass
+        block = model.layer1[0]
+        assert torch.equal(features[1], torch.relu(block.bn1(block.conv1(features[0]))))
+    term = method.regularization(model, features, context(model, name))
+    assert term.dim() == 0 and torch.isfinite(term) and term > 0
+
+
+def test_an_unknown_feature_kind_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="features must be one of blocks, layers"):
+        FFRConfig(features="convs")
+
+
 def test_models_without_a_known_feature_flow_are_bench_errors() -> None:
     with pytest.raises(BenchError, match=r"ffr cannot find the feature flow .* timm ResNets"):
         FeatureFlow().feature_modules(nn.Sequential(nn.Conv2d(3, 4, 3)))
@@ -445,5 +469,5 @@ def test_registered_and_search_space_builds_a_valid_config() -> None:
     assert cls is FeatureFlow and cls.start == "scratch" and cls.sparsity_training
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     params = FeatureFlow().search_space(study.ask())
-    assert set(params) == {"lambda_grad", "lambda_curv", "align", "curvature", "norm"}
+    assert set(params) == {"lambda_grad", "lambda_curv", "features", "curvature", "norm"}
     assert cls.from_params(params).config == FFRConfig(**params)

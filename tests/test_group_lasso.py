@@ -145,8 +145,8 @@ def test_groups_that_ssl_zeroed_go_first_under_a_flops_target(normalize: str) ->
         assert counts[unit.name] == unit.channels - zeroed.get(unit.name, 0)
 
 
-def test_sparsity_training_flag_start_and_bad_params() -> None:
-    assert GroupLasso.sparsity_training and GroupLasso.start == "scratch"
+def test_sparsity_training_flag_and_bad_params() -> None:
+    assert GroupLasso.sparsity_training
     with pytest.raises(BenchError, match=r"scope must be one of units, all, got 'convs'"):
         registry.create_method("group_lasso", {"scope": "convs"})
     with pytest.raises(BenchError, match=r"lambda_channel must be >= 0"):
@@ -166,3 +166,18 @@ def test_importance_does_not_touch_the_model() -> None:
     GroupLasso().importance(model, ctx)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_starts_from_the_dense_baseline_with_the_official_cifar_lambdas() -> None:
+    """SSL's official CIFAR commands (wenwei202/caffe, branch scnn, examples/cifar10/readme.md)
+    fine-tune ``yourbaseline.caffemodel`` with breadth_decay = kernel_shape_decay = 0.003: the run
+    starts from the dense baseline, and its training budget counts the baseline's 160 epochs."""
+    from bench.config import resolve
+    from bench.estimate import method_phases
+
+    assert GroupLasso.start == "dense"
+    assert GroupLassoConfig() == GroupLassoConfig(lambda_filter=3e-3, lambda_channel=3e-3)
+    cfg = resolve("paper", None, {"methods": ["group_lasso"]}, [])
+    phases = method_phases(cfg, "group_lasso", GroupLasso(), 1)
+    assert phases.dense_epochs == cfg.dense.epochs == 160
+    assert [s.epochs for s in phases.sparsity] == [160]

@@ -1,4 +1,4 @@
-"""Model registry and measurement: the reference table of METHODS.md, reproduced exactly.
+"""Model registry and measurement: the reference table of methods/README.md, reproduced exactly.
 
 Params are all trainable parameters (BN included); FLOPs are conv + linear MACs counted by fvcore,
 cross-checked against ``torch.utils.flop_counter`` (which counts 2 per MAC).
@@ -16,7 +16,7 @@ from bench import measure, models
 from bench.errors import BenchError
 from bench.models.cifar_resnet import CifarResNet
 
-# name -> (params, MACs at 32 px / 10 classes): the exact integers behind METHODS.md's table.
+# name -> (params, MACs at 32 px / 10 classes): the exact integers behind methods/README.md's table.
 REFERENCE = {
     "resnet20": (269_722, 40_551_040),
     "resnet56": (853_018, 125_485_696),
@@ -24,7 +24,7 @@ REFERENCE = {
     "vgg16": (14_987_722, 313_463_808),
     "vgg19": (20_035_018, 398_136_320),
 }
-# name -> (published params in M, its precision; published MACs in M, its precision), METHODS.md.
+# name -> (published params in M, its precision; published MACs in M, its precision), methods/README.md.
 PUBLISHED = {
     "resnet20": ("0.27", "40.55"),
     "resnet56": ("0.85", "125.49"),
@@ -93,7 +93,7 @@ def test_reference_params_and_macs_exact(name: str) -> None:
 
 def test_vgg16_params_within_published_range() -> None:
     params = measure.count_params(models.create("vgg16"))
-    assert 14.98e6 <= params < 14.995e6  # METHODS.md: 14.98M-14.99M depending on rounding
+    assert 14.98e6 <= params < 14.995e6  # methods/README.md: 14.98M-14.99M depending on rounding
 
 
 def test_resnet56_conv_and_fc_parts_by_hand() -> None:

@@ -1,4 +1,4 @@
-"""oicsr (Li et al. CVPR 2019, as METHODS.md reconstructs it): the out-in group regulariser, the
+"""oicsr (Li et al. CVPR 2019, as methods/README.md reconstructs it): the out-in group regulariser, the
 per-layer energy importance, and the global greedy allocation with its per-round cap."""
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def test_gradient_of_a_group_is_lam_times_its_direction_in_both_layers() -> None
 # --- importance ----------------------------------------------------------------------------------
 
 
-def test_importance_is_each_layers_energy_share() -> None:
+def test_importance_is_each_layers_energy_over_its_mean_or_its_share() -> None:
     model, ctx = resnet20_ctx()
-    share = OICSR().importance(model, ctx)
-    mean = OICSR(OICSRConfig(normalize="layer_mean")).importance(model, ctx)
+    share = OICSR(OICSRConfig(normalize="layer_share")).importance(model, ctx)
+    mean = OICSR().importance(model, ctx)
     for u in ctx.units:
         conv1, conv2 = model.get_submodule(u.name), model.get_submodule(u.name.replace("conv1", "conv2"))
         energy = conv1.weight.detach().pow(2).sum((1, 2, 3)) + conv2.weight.detach().pow(2).sum((0, 2, 3))
@@ -83,6 +83,40 @@ def test_importance_is_each_layers_energy_share() -> None:
         torch.testing.assert_close(share[u.name].sum(), torch.tensor(1.0))
         torch.testing.assert_close(mean[u.name], energy / energy.mean())
         assert not share[u.name].requires_grad
+
+
+def test_default_scores_are_width_neutral() -> None:
+    """Every channel of every unit with the same out-in energy scores the same, whatever the unit's
+    width: a 64-wide layer is not pruned before a 16-wide one for being wide (layer_share gave 1/C)."""
+    model, ctx = resnet20_ctx()
+    with torch.no_grad():
+        for u in ctx.units:  # equal filter energy in conv1, equal input-channel energy in conv2
+            conv1, conv2 = model.get_submodule(u.name), model.get_submodule(u.name.replace("conv1", "conv2"))
+            conv1.weight.copy_(conv1.weight / conv1.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+            conv2.weight.copy_(conv2.weight / conv2.weight.transpose(0, 1).flatten(1).norm(dim=1).view(1, -1, 1, 1))
+    assert OICSRConfig().normalize == "layer_mean"
+    for u, scores in OICSR().importance(model, ctx).items():
+        torch.testing.assert_close(scores, torch.ones_like(scores), msg=u)
+
+
+def test_default_does_not_send_the_widest_stage_to_its_cap() -> None:
+    """The measurement behind the default (module docs): resnet20 at init, three greedy rounds to a
+    50% FLOPs target. layer_share cuts every 64-wide conv1 to its cap twice (64 -> 16); layer_mean
+    keeps more than half of each, and takes more from the 16-wide stage instead."""
+    kept = {}
+    for name, config in (("layer_share", OICSRConfig(normalize="layer_share")), ("default", OICSRConfig())):
+        model, ctx = resnet20_ctx(0.5)
+        method = OICSR(config)
+        method.setup(model, ctx)
+        ctx.rounds = 3
+        for r in range(3):
+            ctx.round = r
+            surgery.apply(model, method.allocate(model, method.importance(model, ctx), ctx))
+            ctx.units = surgery.prunable_units(model)
+        kept[name] = {u.name: u.channels for u in ctx.units}
+    stage3 = [name for name in kept["default"] if name.startswith("layer3")]
+    assert max(kept["layer_share"][n] for n in stage3) <= 16
+    assert min(kept["default"][n] for n in stage3) > 32
 
 
 # --- allocation ----------------------------------------------------------------------------------

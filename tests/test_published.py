@@ -112,7 +112,7 @@ def test_rows_this_harness_cannot_reproduce_are_labelled_and_footnoted() -> None
     assert labels[:2] == ["dense", "group_lasso"]
     assert labels[2] == (
         "group_lasso (depth 20 -> 18) [published, Wen et al. 2016; not reproducible here: "
-        "depth regularisation removes layers; bench prunes channels only]"
+        "depth regularisation removes layers (20 -> 18); not comparable with channel pruning]"
     )
     assert any("cannot be rerun by this harness" in note for note in table.footnotes)
     imagenet = published_for("timm:resnet50", "imagenet")

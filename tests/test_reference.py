@@ -25,7 +25,7 @@ def test_reference_csv_is_well_formed():
 
 
 def test_errors_were_converted_to_accuracy():
-    """METHODS.md gives Li et al.'s ResNet-56 as error 6.96 -> 6.90 (plan A)."""
+    """methods/README.md gives Li et al.'s ResNet-56 as error 6.96 -> 6.90 (plan A)."""
     ref = load_published()
     row = ref[(ref["model"] == "resnet56") & (ref["config"] == "l1-a")].iloc[0]
     assert (row.baseline_acc, row.pruned_acc) == (100 - 6.96, 100 - 6.90)

@@ -104,12 +104,14 @@ def test_sparsity_curves_are_stored_and_printed_beside_the_dense_baseline(smoke_
     for run in (r for r in runs if "mlflow.parentRunId" in r.data.tags):
         assert "sparsity.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert 0 <= run.data.metrics["sparsity/unstructured_eps_1e-02"] <= 1
+        assert 0 <= run.data.metrics["sparsity/structured_folded_eps_1e-02"] <= 1
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     proc = bench(["sparsity", parent.info.run_id, "--results-dir", str(work / "results")], work, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| eps"))
-    assert "dense s0 unstr." in header and "slim s0 struct." in header
-    assert len([line for line in proc.stdout.splitlines() if line.startswith("| ") and "e-" in line]) >= 20
+    assert "dense (n=1)" in header and "slim (n=1)" in header
+    assert "BN-folded" in proc.stdout and "gamma" in proc.stdout
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("| ") and "e-" in line]) >= 5 * 6
 
 
 def test_pruned_model_reloads_from_artifacts(smoke_run, tmp_path):

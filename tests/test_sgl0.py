@@ -258,3 +258,93 @@ def test_search_space_gives_valid_params() -> None:
     method = SparseGroupL0.from_params(SparseGroupL0().search_space(FixedTrial({"lam": 3e-4, "beta": 0.1})))
     assert method.config == SGL0Config(lam=3e-4, beta=0.1)
     assert method.beta == 0.1
+
+
+# --- the authors' schedule, their optimizer settings and the EMA ------------------------------------
+
+
+def test_paper_preset_runs_sgl0_on_the_authors_schedule() -> None:
+    """kbui1993/Official_Nonconvex_SGL, train_group_relaxed_wideresnet.py: 200 epochs, batch 128,
+    Nesterov, lr 0.1 x0.2 at epochs 60/120/160, wd 5e-4, EMA 0.99; beta x1.25 every 20 epochs."""
+    from bench.config import resolve
+    from bench.training import lr_factor
+
+    cfg = resolve("paper", None, {"methods": ["sgl0", "l1"]}, [])
+    s = cfg.sparsity_schedule("sgl0")
+    assert (s.epochs, s.batch_size, s.lr, s.momentum, s.nesterov, s.weight_decay) == (200, 128, 0.1, 0.9, True, 5e-4)
+    factors = [lr_factor(s, e) for e in (0, 59, 60, 119, 120, 159, 160, 199)]
+    assert factors == pytest.approx([1, 1, 0.2, 0.2, 0.04, 0.04, 0.008, 0.008])
+    method = SparseGroupL0.from_params(cfg.method_params("sgl0"))
+    assert method.ema_decay(make_context(models.create("resnet20"))) == 0.99
+    assert (method.config.beta_growth, method.config.beta_every) == (1.25, 20)
+    assert cfg.sparsity_schedule("l1") == cfg.dense  # the section is sgl0's alone
+
+
+def test_the_optimizer_gives_the_regularized_weights_no_weight_decay(resnet20: nn.Module) -> None:
+    method = SparseGroupL0()
+    ctx = make_context(resnet20)
+    names = method.no_weight_decay(resnet20, ctx)
+    assert names == {f"{u.producer}.weight" for u in ctx.units}
+    optimizer = make_optimizer(resnet20, Schedule(weight_decay=5e-4), names)
+    exempt = {id(p) for p in optimizer.param_groups[1]["params"]}
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0 and optimizer.param_groups[0]["weight_decay"] == 5e-4
+    assert exempt == {id(w) for w in regularized(resnet20, ctx).values()}
+
+
+def test_ema_is_an_option_off_by_default() -> None:
+    ctx = make_context(models.create("resnet20"))
+    assert SparseGroupL0().ema_decay(ctx) is None
+    assert SparseGroupL0(SGL0Config(ema=0.99)).ema_decay(ctx) == 0.99
+    with pytest.raises(BenchError, match=r"ema must be in \[0, 1\)"):
+        SparseGroupL0.from_params({"ema": 1.0})
+
+
+# --- a DepGraph unit is a whole coupled group -----------------------------------------------------
+
+GROUP = "layer4.0.downsample.0"  # on timm:resnet18 its channels are produced by three convs
+PRODUCERS = ("layer4.0.downsample.0", "layer4.0.conv2", "layer4.1.conv2")
+
+
+@pytest.fixture(scope="module")
+def timm18():
+    torch.manual_seed(0)
+    model = models.create("timm:resnet18", 10, 32)
+    units = surgery.prunable_units(model, 32)
+    ctx = Context("timm:resnet18", units, torch.device("cpu"), 0, torch.Generator().manual_seed(0), input_size=32)
+    ctx.train_size = N
+    return model, ctx
+
+
+def test_every_producer_of_a_coupled_group_is_regularized_and_thresholded(timm18) -> None:
+    model, ctx = timm18
+    method = SparseGroupL0(SGL0Config(lam=1e-4))
+    unit = next(u for u in ctx.units if u.name == GROUP)
+    method.setup(model, ctx)
+    assert set(PRODUCERS) <= set(method.layers(model, ctx))
+    assert {f"{p}.weight" for p in PRODUCERS} <= method.no_weight_decay(model, ctx)
+    ws = [model.get_submodule(p).weight for p in PRODUCERS]
+    filters = torch.cat([w.flatten(1) for w in ws], dim=1)  # channel c: every producer's filter c
+    coupling = sum((w - method.u[p]).pow(2).sum() for w, p in zip(ws, PRODUCERS, strict=True))
+    expected = 1e-4 * math.sqrt(filters.shape[1]) * filters.norm(dim=1).sum() + 0.5 * method.beta * coupling
+    torch.testing.assert_close(method.unit_penalty(model, unit), expected)
+    for p, w in zip(PRODUCERS, ws, strict=True):
+        assert torch.equal(method.u[p], hard_threshold(w.detach(), method.threshold()))
+
+
+def test_a_group_channel_is_empty_only_when_every_producer_filter_is(timm18) -> None:
+    model, ctx = timm18
+    method = SparseGroupL0(SGL0Config(lam=1e-4))
+    unit = next(u for u in ctx.units if u.name == GROUP)
+    with torch.no_grad():
+        saved = [model.get_submodule(p).weight.clone() for p in PRODUCERS]
+        for p in PRODUCERS:
+            model.get_submodule(p).weight[3].mul_(1e-6)  # channel 3: every member's U filter is zero
+        model.get_submodule(PRODUCERS[0]).weight[5].mul_(1e-6)  # channel 5: only the root's
+    try:
+        scores = method.unit_scores(model, unit)
+        assert scores[3] < 0 < scores[5]
+        assert (scores[torch.arange(len(scores)) != 3] > 0).all()
+    finally:
+        with torch.no_grad():
+            for p, w in zip(PRODUCERS, saved, strict=True):
+                model.get_submodule(p).weight.copy_(w)

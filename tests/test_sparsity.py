@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.curves import CURVES, format_curves, mean_by_method
 from bench.sparsity import EPS_GRID, REPORT_EPS, fraction_below, sparsity_curves
 
 
@@ -53,6 +54,67 @@ def test_curves_are_monotone_on_a_real_model_and_metrics_use_the_grid():
     assert list(curves.structured) == sorted(curves.structured)
     assert curves.eps == EPS_GRID and curves.eps[-1] == pytest.approx(1.0)
     metrics = curves.metrics()
-    assert len(metrics) == 2 * len(REPORT_EPS)
+    assert len(metrics) == len(CURVES) * len(REPORT_EPS)
     assert metrics["sparsity/unstructured_eps_1e-03"] == fraction_below(EPS_GRID, curves.unstructured, 1e-3)
     assert all(0 <= v <= 1 for v in metrics.values())
+
+
+def _conv_bn_with_batch_statistics(scales: list[float]) -> nn.Sequential:
+    """conv (filter c scaled by scales[c]) + BN whose running variance is the exact variance of the
+    conv's outputs on a fixed batch, as training leaves it (momentum None = cumulative average)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, len(scales), 3, bias=False), nn.BatchNorm2d(len(scales), momentum=None))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor(scales).view(-1, 1, 1, 1))
+    model.train()(torch.randn(64, 3, 8, 8))
+    return model.eval()
+
+
+def test_folding_sees_through_a_filter_scaled_down_behind_its_batchnorm():
+    """Weight decay can shrink a filter that a BN rescales back: raw curves call it sparse, folded ones do not."""
+    eps = (1e-2,)
+    plain = sparsity_curves(_conv_bn_with_batch_statistics([1.0, 1.0, 1.0, 1.0]), eps)
+    shrunk = sparsity_curves(_conv_bn_with_batch_statistics([1e-3, 1.0, 1.0, 1.0]), eps)
+    assert plain.structured == (0.0,) and shrunk.structured == (0.25,)  # raw: one filter of four below eps
+    assert shrunk.structured_folded == plain.structured_folded == (0.0,)  # folded: the function is unchanged
+    assert shrunk.structured_folded == pytest.approx(plain.structured_folded)
+
+
+def test_folding_and_the_gamma_curve_see_a_channel_switched_off_by_its_gamma():
+    """Slimming's sparsity lives in gamma: invisible to the raw filter curves, seen by the folded and gamma ones."""
+    model = _conv_bn_with_batch_statistics([1.0, 1.0, 1.0, 1.0])
+    with torch.no_grad():
+        model[1].weight[2] = 0.0
+    curves = sparsity_curves(model, (1e-2,))
+    assert curves.structured == (0.0,)  # no filter is small
+    assert curves.structured_folded == (0.25,) and curves.gamma == (0.25,) and curves.bn_channels == 4
+    assert curves.unstructured_folded[0] >= 0.25  # every weight of the switched-off filter folds to 0
+
+
+def test_folded_curves_are_relative_to_each_layer():
+    """Two layers whose weights differ by 1000x in scale but not in shape of distribution count alike."""
+    eps = tuple(float(e) for e in torch.logspace(-3, 1, 9))
+    small = nn.Conv2d(4, 4, 3, bias=False)
+    big = nn.Conv2d(4, 4, 3, bias=False)
+    with torch.no_grad():
+        big.weight.copy_(small.weight * 1000)
+    alone = sparsity_curves(nn.Sequential(small), eps)
+    both = sparsity_curves(nn.Sequential(small, big), eps)
+    assert both.unstructured_folded == pytest.approx(alone.unstructured_folded)
+    assert both.structured_folded == pytest.approx(alone.structured_folded)
+    assert both.unstructured != pytest.approx(alone.unstructured)  # raw curves mix the two scales
+
+
+def test_mean_by_method_averages_seeds_and_the_table_has_one_column_per_method():
+    model = _conv_bn_with_batch_statistics([1.0, 1.0, 1.0, 1.0])
+    first = sparsity_curves(model).as_dict()
+    with torch.no_grad():
+        model[1].weight[:2] = 0.0
+    second = sparsity_curves(model).as_dict()
+    means = mean_by_method({"ffr s0": first, "ffr s1": second, "dense s0": first})
+    assert means["ffr"]["seeds"] == 2 and means["dense"]["seeds"] == 1
+    index = EPS_GRID.index(min(EPS_GRID, key=lambda e: abs(e / 1e-2 - 1)))
+    assert means["ffr"]["gamma"][index] == pytest.approx((0.0 + 0.5) / 2)
+    text = format_curves(means)
+    assert text.count("| eps | ffr (n=2) | dense (n=1) |") == len(CURVES)
+    assert "BN-folded" in text

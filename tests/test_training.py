@@ -7,6 +7,7 @@ import torch
 
 from bench import datasets, models
 from bench.config import Schedule
+from bench.errors import BenchError
 from bench.training import Runtime, fit, lr_factor, seed_everything
 
 CPU = Runtime(torch.device("cpu"), progress=False, epoch_lines=False)
@@ -173,3 +174,133 @@ def test_the_gpu_path_keeps_data_and_augmentation_on_the_device(small_cifar):
     trainer = EpochTrainer(model, loader, make_optimizer(model, schedule), schedule, runtime)
     stats = trainer.run(0)
     assert trainer.compile_status == "on" and stats["train_loss"] > 0
+
+
+# --- method hooks that shape the optimizer and the evaluation -------------------------------------
+
+
+def _small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+
+
+class _HookProbe:
+    """A method that names parameters without weight decay and an EMA decay, and records the
+    parameters after every optimizer step (``zero_grads``: the step then moves weights by weight
+    decay alone)."""
+
+    def __new__(cls, no_decay=(), ema=None, zero_grads=False):
+        from bench.api import Method
+
+        class Probe(Method):
+            name = "probe"
+
+            def no_weight_decay(self, model, ctx):
+                return set(no_decay)
+
+            def ema_decay(self, ctx):
+                return ema
+
+            def after_backward(self, model, ctx):
+                if zero_grads:
+                    for p in model.parameters():
+                        p.grad.zero_()
+
+            def after_step(self, model, ctx):
+                self.seen.append([p.detach().clone() for p in model.parameters()])
+
+            def importance(self, model, ctx):
+                return {}
+
+        probe = Probe()
+        probe.seen = []
+        return probe
+
+
+def _ctx():
+    from bench.api import Context
+
+    return Context("small", [], torch.device("cpu"), 0, torch.Generator())
+
+
+def test_no_weight_decay_hook_exempts_exactly_the_named_parameters(small_cifar, one_thread):
+    """Gradients zeroed, so a step moves a weight by weight decay alone: the named one stays put."""
+    model = _small_net()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    schedule = Schedule(epochs=1, batch_size=512, lr=0.1, momentum=0.0, weight_decay=0.1, schedule="constant")
+    probe = _HookProbe(no_decay={"0.weight"}, zero_grads=True)
+    fit(model, small_cifar, schedule, CPU, seed=0, method=probe, ctx=_ctx(), keep="last")
+    steps = len(probe.seen)
+    assert steps == 2  # 1024 images, batch 512
+    after = dict(model.named_parameters())
+    assert torch.equal(after["0.weight"].detach(), before["0.weight"])
+    torch.testing.assert_close(after["3.weight"].detach(), before["3.weight"] * (1 - 0.01) ** steps)
+    with pytest.raises(BenchError, match="no_weight_decay names parameters the model does not have: nope"):
+        fit(_small_net(), small_cifar, schedule, CPU, seed=0, method=_HookProbe(no_decay={"nope"}), ctx=_ctx())
+
+
+def _expected_ema(seen: list[list[torch.Tensor]], decay: float) -> list[torch.Tensor]:
+    """Bias-corrected EMA of the recorded per-step parameters, written out."""
+    t = len(seen)
+    weights = [(1 - decay) * decay ** (t - 1 - k) for k in range(t)]
+    total = [sum(w * step[i] for w, step in zip(weights, seen, strict=True)) for i in range(len(seen[0]))]
+    return [a / (1 - decay**t) for a in total]
+
+
+@pytest.mark.parametrize("keep", ["last", "best_val"])
+def test_ema_hook_evaluates_selects_and_hands_on_the_averaged_parameters(small_cifar, one_thread, keep):
+    from bench.training import eval_loader, evaluate
+
+    model = _small_net()
+    schedule = Schedule(epochs=2, batch_size=128, lr=0.05)
+    probe = _HookProbe(ema=0.9)
+    result = fit(model, small_cifar, schedule, CPU, seed=0, method=probe, ctx=_ctx(), keep=keep)
+    steps_per_epoch = len(probe.seen) // 2
+    epoch_end = steps_per_epoch * (result.best_epoch + 1) if keep == "best_val" else len(probe.seen)
+    for p, expected in zip(model.parameters(), _expected_ema(probe.seen[:epoch_end], 0.9), strict=True):
+        torch.testing.assert_close(p.detach(), expected)
+    live = probe.seen[epoch_end - 1]  # the live weights of that step are not what the model holds
+    assert not all(torch.equal(p.detach(), q) for p, q in zip(model.parameters(), live, strict=True))
+    _, val_acc = evaluate(model, eval_loader(small_cifar.val, small_cifar, CPU), CPU)
+    epoch = result.best_epoch if keep == "best_val" else 1
+    assert val_acc == pytest.approx(result.history[epoch]["val_acc"])  # evaluated with the averaged weights
+
+
+def test_ema_resumes_exactly_from_its_checkpoint(small_cifar, one_thread, tmp_path):
+    schedule = Schedule(epochs=2, batch_size=256, lr=0.05)
+    straight = _small_net()
+    fit(straight, small_cifar, schedule, CPU, seed=3, method=_HookProbe(ema=0.9), ctx=_ctx(),
+        checkpoint=tmp_path / "a.ckpt", keep="last")  # fmt: skip
+
+    class Killed(Exception):
+        pass
+
+    def stop(epoch, _stats):
+        if epoch == 0:
+            raise Killed
+
+    interrupted = _small_net()
+    with pytest.raises(Killed):
+        fit(interrupted, small_cifar, schedule, CPU, seed=3, method=_HookProbe(ema=0.9), ctx=_ctx(),
+            checkpoint=tmp_path / "b.ckpt", on_epoch=stop, keep="last")  # fmt: skip
+    resumed = _small_net()
+    fit(resumed, small_cifar, schedule, CPU, seed=3, method=_HookProbe(ema=0.9), ctx=_ctx(),
+        checkpoint=tmp_path / "b.ckpt", keep="last")  # fmt: skip
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{name} differs after resume"
+
+
+def test_without_hooks_there_is_one_parameter_group_and_no_average():
+    from bench.training import make_optimizer
+
+    model = _small_net()
+    optimizer = make_optimizer(model, Schedule(weight_decay=1e-4))
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["weight_decay"] == 1e-4
+    two = make_optimizer(model, Schedule(weight_decay=1e-4), {"0.weight", "3.weight"})
+    assert [len(g["params"]) for g in two.param_groups] == [len(list(model.parameters())) - 2, 2]
+    assert two.param_groups[1]["weight_decay"] == 0.0

@@ -1,7 +1,7 @@
 """Fused kernels for feature-flow terms (``ffr``): the length G and the second-difference
 curvature C of a list of features x_0, x_1, ..., and their gradients, computed fast.
 
-The definitions (METHODS.md, "ffr"): d_l = x_{l+1} - P(x_l), with P the parameter-free option-A
+The definitions (methods/README.md, "ffr"): d_l = x_{l+1} - P(x_l), with P the parameter-free option-A
 alignment (:func:`align_to`); G = sum_l mean_batch n(d_l), C = sum_l mean_batch n(d_l - P(d_{l-1}));
 n is a per-sample norm (``l2``: L2 / sqrt(numel), ``l2sq``: squared L2 / numel, ``l1``: L1 / numel).
 A plugin keeps its readable reference formulas; this package only makes them cheap.

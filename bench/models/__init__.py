@@ -82,13 +82,20 @@ def create(name: str, num_classes: int = 10, input_size: int = 32) -> nn.Module:
     return model
 
 
-def feature_modules(model: nn.Module, needed_by: str = "this method") -> list[str]:
+FEATURE_KINDS = ("blocks", "layers")
+
+
+def feature_modules(model: nn.Module, needed_by: str = "this method", kind: str = "blocks") -> list[str]:
     """Names of the modules whose outputs are the model's features x_0, x_1, ... in forward order (the
-    feature flow): each model's own ``feature_modules()`` (our CIFAR ResNets and VGGs), else timm's
-    ``feature_info`` for timm ResNets. ``needed_by`` names the method in the error for other models."""
+    feature flow): each model's own ``feature_modules(kind)`` (our CIFAR ResNets and VGGs), else timm's
+    ``feature_info`` for timm ResNets. ``kind``: ``"blocks"`` (residual block outputs) or ``"layers"``
+    (every conv+BN+ReLU output, the blocks' internal ones included). ``needed_by`` names the method in
+    the error for other models."""
+    if kind not in FEATURE_KINDS:
+        raise BenchError(f"feature kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
     if hasattr(model, "feature_modules"):
-        return list(model.feature_modules())
-    names = timm_models.feature_modules(model)
+        return list(model.feature_modules(kind))
+    names = timm_models.feature_modules(model, kind)
     if names is not None:
         return names
     name = getattr(model, "bench_name", type(model).__name__)

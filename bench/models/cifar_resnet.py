@@ -36,13 +36,14 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()  # a module (not F.relu) so that a hook sees the internal channel's features
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         changes_shape = stride != 1 or in_planes != planes
         self.shortcut = ShortcutA(stride, (planes - in_planes) // 2) if changes_shape else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
@@ -88,12 +89,16 @@ class CifarResNet(nn.Module):
         """The internal-channel rule: only each block's conv1 output (input of its conv2) is pruned.
 
         The channels that feed the residual additions are coupled across a stage by the option-A
-        shortcuts, and the published tables leave them alone (METHODS.md).
+        shortcuts, and the published tables leave them alone (methods/README.md).
         """
         return [chain_unit(f"{n}.conv1", b.conv1.out_channels, f"{n}.bn1", (f"{n}.conv2",)) for n, b in self.blocks()]
 
-    def feature_modules(self) -> list[str]:
-        """The modules whose outputs form the feature flow: the stem after its ReLU (x_0), then each block."""
+    def feature_modules(self, kind: str = "blocks") -> list[str]:
+        """The modules whose outputs form the feature flow: the stem after its ReLU (x_0), then each
+        block (``"blocks"``), or each block's internal conv+BN+ReLU output before the block's own
+        (``"layers"``: every conv+BN+ReLU output in forward order, the pruned channel included)."""
+        if kind == "layers":
+            return ["relu", *[name for n, _ in self.blocks() for name in (f"{n}.relu1", n)]]
         return ["relu", *[n for n, _ in self.blocks()]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -53,15 +53,26 @@ def adapt_stem(model: nn.Module) -> str:
     return ", ".join(changes) or "none"
 
 
-def feature_modules(model: nn.Module) -> list[str] | None:
+def feature_modules(model: nn.Module, kind: str = "blocks") -> list[str] | None:
     """x_0, x_1, ... of a timm ResNet: the stem's output (timm's first ``feature_info`` entry, or the
     max-pool after it where the model keeps one, so that x_0 is what the first stage reads), then each
-    block of the stages ``feature_info`` lists after it. None for other models: their stages are not
-    all runs of blocks of one shape."""
+    block of the stages ``feature_info`` lists after it (``"blocks"``), or each block's internal
+    activations (``act1``, and ``act2`` in a bottleneck) before the block's own output (``"layers"``).
+    None for other models: their stages are not all runs of blocks of one shape."""
     resnet = sys.modules.get("timm.models.resnet")
     if resnet is None or not isinstance(model, resnet.ResNet):
         return None
     stem, *stages = [info["module"] for info in model.feature_info]
     if isinstance(model.maxpool, nn.MaxPool2d):
         stem = "maxpool"
-    return [stem, *[f"{stage}.{block}" for stage in stages for block, _ in model.get_submodule(stage).named_children()]]
+    blocks = [f"{stage}.{block}" for stage in stages for block, _ in model.get_submodule(stage).named_children()]
+    if kind != "layers":
+        return [stem, *blocks]
+    return [stem, *[name for block in blocks for name in (*_internal_activations(model, block), block)]]
+
+
+def _internal_activations(model: nn.Module, block: str) -> list[str]:
+    """A timm residual block's activations before the addition: every ``act*`` child but the last,
+    which follows the addition and is the block's output."""
+    acts = sorted(n for n, _ in model.get_submodule(block).named_children() if n.startswith("act"))
+    return [f"{block}.{n}" for n in acts[:-1]]

@@ -59,8 +59,9 @@ class CifarVGG(nn.Module):
             units.append(chain_unit(conv, channels, f"features.{index + 1}", (consumer,)))
         return units
 
-    def feature_modules(self) -> list[str]:
-        """Each conv's output after BN and ReLU: the ReLU modules, in order."""
+    def feature_modules(self, kind: str = "blocks") -> list[str]:
+        """Each conv's output after BN and ReLU: the ReLU modules, in order (a VGG's blocks are its
+        layers, so ``kind`` changes nothing)."""
         return [f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.ReLU)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
