@@ -143,7 +143,11 @@ SPARSITY_PANELS = {  # curve -> panel title (the stored curves of bench.curves.C
     "structured_folded": "BN-folded: filters < eps x layer mean",
     "gamma": "BN scales: |gamma| < eps",
 }
-FOLDED_METRIC = "sparsity/structured_folded_eps_1e-02"  # the summary of the settings figure
+FOLDED_METRICS = {  # the summaries of the settings figure: BN-folded, below 10% of the layer's mean
+    "sparsity/structured_folded_eps_1e-01": "filters < 10% of layer mean (%)",
+    "sparsity/unstructured_folded_eps_1e-01": "weights < 10% of layer mean (%)",
+}
+FOLDED_METRIC = next(iter(FOLDED_METRICS))
 
 
 def sparsity_curves(curves: dict[str, dict[str, Any]], title: str = "") -> Figure | None:
@@ -176,33 +180,32 @@ def sparsity_curves(curves: dict[str, dict[str, Any]], title: str = "") -> Figur
 
 
 def sparsity_vs_settings(runs: pd.DataFrame, title: str = "") -> Figure | None:
-    """A sweep's trials: BN-folded structured sparsity (filters below 1% of their layer's mean folded
-    |w|, before pruning) against each numeric method setting that varies over the trials, and against
-    the trial's validation accuracy, with the dense baseline's as a reference. None without such trials."""
+    """A sweep's trials: BN-folded structured (top) and unstructured (bottom) sparsity before pruning,
+    below a tenth of the layer's mean folded magnitude, against each numeric method setting that
+    varies over the trials (3 values or more) and against the trial's validation accuracy, with the
+    dense baseline's as a dashed line. None without such trials."""
     trials = runs[runs["trial"].notna()] if "trial" in runs else runs.iloc[:0]
     if trials.empty or FOLDED_METRIC not in trials or trials[FOLDED_METRIC].isna().all():
         return None
     swept = [c for c in _numeric_settings(trials) if trials[c].nunique() >= 3]
-    dense = runs[(runs["method"] == "dense") & runs[FOLDED_METRIC].notna()] if FOLDED_METRIC in runs else None
-    fig, axes = plt.subplots(1, len(swept) + 1, figsize=(4.2 * (len(swept) + 1), 4), sharey=True, squeeze=False)
-    y = trials[FOLDED_METRIC] * 100
-    for ax, column in zip(axes[0], swept, strict=False):
-        points = ax.scatter(pd.to_numeric(trials[column]), y, c=trials["best_val_acc"] * 100, cmap="viridis", s=22)
-        ax.set_xscale("log")
-        ax.set_xlabel(column.removeprefix("protocol.method_config."))
-    last = axes[0][-1]
-    points = last.scatter(trials["best_val_acc"] * 100, y, c=trials["best_val_acc"] * 100, cmap="viridis", s=22)
-    last.set_xlabel("val accuracy after pruning + fine-tune (%)")
-    for ax in axes[0]:
-        if dense is not None and not dense.empty:
-            ax.axhline(dense[FOLDED_METRIC].mean() * 100, ls="--", color="grey", label="dense")
-        ax.grid(alpha=0.3)
-    if dense is not None and not dense.empty:
-        last.scatter(dense["best_val_acc"] * 100, dense[FOLDED_METRIC] * 100, marker="*", s=90, color="k")
-        last.legend(fontsize=8)
-    axes[0][0].set_ylabel("BN-folded filters < 1% of layer mean (%)")
-    fig.colorbar(points, ax=axes[0].tolist(), label="val accuracy (%)")
-    fig.suptitle(title or "sweep trials: BN-folded structured sparsity before pruning")
+    dense = runs[(runs["method"] == "dense") & runs[FOLDED_METRIC].notna()]
+    xs = [(pd.to_numeric(trials[c]), c.removeprefix("protocol.method_config."), True) for c in swept]
+    xs.append((trials["best_val_acc"] * 100, "val accuracy after pruning + fine-tune (%)", False))
+    fig, axes = plt.subplots(2, len(xs), figsize=(4.2 * len(xs) + 1, 7.5), sharey="row", squeeze=False)
+    for row, (metric, label) in zip(axes, FOLDED_METRICS.items(), strict=True):
+        for ax, (x, name, log) in zip(row, xs, strict=True):
+            points = ax.scatter(x, trials[metric] * 100, c=trials["best_val_acc"] * 100, cmap="viridis", s=22)
+            ax.set_xscale("log" if log else "linear")
+            ax.set_xlabel(name)
+            ax.grid(alpha=0.3)
+            if not dense.empty and metric in dense:
+                ax.axhline(dense[metric].mean() * 100, ls="--", color="grey", label=f"dense (n={len(dense)})")
+        row[0].set_ylabel(f"BN-folded {label}")
+        if not dense.empty and metric in dense:
+            row[-1].scatter(dense["best_val_acc"] * 100, dense[metric] * 100, marker="*", s=90, color="k")
+            row[-1].legend(fontsize=8)
+    fig.colorbar(points, ax=axes.ravel().tolist(), label="val accuracy (%)")
+    fig.suptitle(title or "sweep trials: BN-folded sparsity before pruning")
     return fig
 
 

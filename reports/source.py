@@ -163,7 +163,7 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
     for column in sparsity:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     # chronological inside a group, so methods appear in the order they were run (as bench run lists them)
-    ordered = frame[COLUMNS + settings + sparsity]
+    ordered = frame[COLUMNS + settings + sparsity].copy()  # one block per dtype: later assigns stay fast
     return ordered.sort_values(["model", "dataset", "start_time"], kind="stable", ignore_index=True)
 
 
@@ -226,7 +226,9 @@ def load_export(path: str | Path) -> pd.DataFrame:
 
 
 def save_export(frame: pd.DataFrame, path: str | Path) -> None:
+    """``frame`` as ``.parquet`` or CSV at ``path`` (its folder is created)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         frame.to_parquet(path, index=False)
     else:

@@ -47,6 +47,9 @@ def trajectory(steps: list[torch.Tensor], start: torch.Tensor) -> list[torch.Ten
     return features
 
 
+REFERENCE_FORMULAS = {"curvature": "second_difference", "norm": "l2"}  # what the formula helpers default to
+
+
 def context(model: nn.Module, name: str) -> Context:
     return Context(name, surgery.prunable_units(model), torch.device("cpu"), 0, torch.Generator().manual_seed(0))
 
@@ -158,7 +161,7 @@ def test_l2_normalisation_weighs_maps_of_different_shapes_alike() -> None:
 def test_the_term_is_float32_under_bf16_autocast() -> None:
     g = torch.Generator().manual_seed(5)
     xs = [torch.randn(2, 2, 4, 4, generator=g).bfloat16().requires_grad_() for _ in range(3)]
-    method = FeatureFlow(FFRConfig(lambda_grad=1.0, lambda_curv=1.0))
+    method = FeatureFlow(FFRConfig(lambda_grad=1.0, lambda_curv=1.0, **REFERENCE_FORMULAS))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         term = method.regularization(nn.Identity(), xs, None)
     assert term.dtype == torch.float32
@@ -169,7 +172,8 @@ def test_the_term_is_float32_under_bf16_autocast() -> None:
 def test_lambdas_weigh_the_term_and_zero_lambdas_give_zero() -> None:
     g = torch.Generator().manual_seed(6)
     xs = [torch.randn(2, 3, 4, 4, generator=g).requires_grad_() for _ in range(4)]
-    term = FeatureFlow(FFRConfig(lambda_grad=0.3, lambda_curv=0.2)).regularization(nn.Identity(), xs, None)
+    method = FeatureFlow(FFRConfig(lambda_grad=0.3, lambda_curv=0.2, **REFERENCE_FORMULAS))
+    term = method.regularization(nn.Identity(), xs, None)
     torch.testing.assert_close(term, 0.3 * flow_length(xs) + 0.2 * flow_curvature(xs))
     term.backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in xs)
@@ -276,7 +280,7 @@ def test_the_compiled_kernels_match_autograd_through_the_formulas(align: str, no
 
 
 def test_auto_runs_eager_then_compiled_and_other_shapes_stay_eager() -> None:
-    method = FeatureFlow(FFRConfig(lambda_grad=0.5, lambda_curv=0.5))
+    method = FeatureFlow(FFRConfig(lambda_grad=0.5, lambda_curv=0.5, **REFERENCE_FORMULAS))
     engine = method.engine
     engine.compile_after = 2
     kinds = []
@@ -471,3 +475,24 @@ def test_registered_and_search_space_builds_a_valid_config() -> None:
     params = FeatureFlow().search_space(study.ask())
     assert set(params) == {"lambda_grad", "lambda_curv", "features", "curvature", "norm"}
     assert cls.from_params(params).config == FFRConfig(**params)
+
+
+def test_the_defaults_are_the_best_trial_of_the_committed_study() -> None:
+    """methods/ffr.py's defaults name the study that set them, and equal its best trial (two digits)."""
+    from pathlib import Path
+
+    from reports.source import load_export
+
+    study = "ffr-resnet20-cifar10"
+    folder = Path(__file__).parents[1] / "results" / "studies" / study
+    assert study in (FFRConfig.__doc__ or "") and (folder / "README.md").exists()
+    runs = load_export(folder / "runs.csv")
+    trials = runs[(runs["study"] == study) & runs["trial"].notna()]
+    assert len(trials) >= 5
+    best = trials.sort_values("best_val_acc", ascending=False).iloc[0]
+    setting = lambda key: best[f"protocol.method_config.{key}"]  # noqa: E731
+    defaults = FFRConfig()
+    for key in ("lambda_grad", "lambda_curv"):
+        assert getattr(defaults, key) == float(f"{float(setting(key)):.1e}")
+    for key in ("features", "curvature", "norm", "align", "importance"):
+        assert getattr(defaults, key) == setting(key)

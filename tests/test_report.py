@@ -365,17 +365,26 @@ def test_remaining_channels_compose_over_rounds() -> None:
 
 
 def test_the_sweep_figure_plots_folded_sparsity_against_each_swept_setting_and_accuracy() -> None:
-    from reports.figures import FOLDED_METRIC, sparsity_vs_settings
+    from reports.figures import FOLDED_METRIC, FOLDED_METRICS, sparsity_vs_settings
 
     runs = load_export(FIXTURE)
     assert sparsity_vs_settings(runs) is None  # no run logged the folded curve: nothing to plot
     trial = runs[runs["trial"].notna()].iloc[[0]]
     trials = pd.concat([trial.assign(trial=i) for i in range(4)], ignore_index=True)
     trials["protocol.method_config.lambda_"] = ["1e-05", "0.0001", "0.001", "0.01"]
-    trials[FOLDED_METRIC] = [0.0, 0.05, 0.2, 0.6]
-    dense = runs[runs["method"] == "dense"].iloc[[0]].assign(**{FOLDED_METRIC: 0.01})
+    for metric in FOLDED_METRICS:
+        trials[metric] = [0.0, 0.05, 0.2, 0.6]
+    dense = runs[runs["method"] == "dense"].iloc[[0]].assign(**dict.fromkeys(FOLDED_METRICS, 0.01))
     fig = sparsity_vs_settings(pd.concat([trials, dense], ignore_index=True))
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert [ax.get_xlabel() for ax in panels] == ["lambda_", "val accuracy after pruning + fine-tune (%)"]
+    accuracy = "val accuracy after pruning + fine-tune (%)"
+    assert [ax.get_xlabel() for ax in panels] == ["lambda_", accuracy, "lambda_", accuracy]  # two rows
     assert sorted(panels[0].collections[0].get_offsets()[:, 1]) == [0.0, 5.0, 20.0, 60.0]  # in %
     assert panels[0].lines[0].get_ydata()[0] == pytest.approx(1.0)  # the dense reference, in %
+    assert FOLDED_METRIC in FOLDED_METRICS
+
+
+def test_an_export_into_a_folder_that_does_not_exist_yet_creates_it(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "folder" / "runs.csv"
+    build_report(ReportRequest(export=str(FIXTURE), save_export=str(target)))
+    pd.testing.assert_frame_equal(load_export(FIXTURE), load_export(target), check_dtype=False)
