@@ -77,8 +77,8 @@ class FFRConfig:
     55.65% val with lambda_grad = 4.43e-3, lambda_curv = 1.40e-2, ``features="blocks"``,
     ``curvature="angle"``, ``norm="l1"`` (rounded here to two digits); the runner-up (55.55%, trial
     15) had 5x and 100x smaller lambdas, so on this budget the study cannot tell lambdas apart
-    within the validation noise (about 1.1 pp). Four of the five trials that completed (15 were
-    stopped early by the pruner) used blocks; the one with layers was the worst (46.8%). A budget
+    within the validation noise (about 1.1 pp). Four of the five trials that completed (the pruner
+    stopped 15 after their first fine-tune epoch) used blocks; the one with layers was the worst (46.8%). A budget
     this small is the floor the issue allows, not the paper's: re-run the study at the paper
     preset (``--preset paper``) before trusting these on full CIFAR schedules. Earlier
     placeholders were 1e-2 / 5e-3 (l2, second difference).
