@@ -260,7 +260,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         if key not in known:
             hint = closest(key, known)
-            suggestion = f" Did you mean '{hint}'?" if hint else ""
+            suggestion = f" Did you mean '{where}{hint}'?" if hint else ""  # the whole path, as --set takes it
             raise BenchError(f"unknown config key '{where}{key}'.{suggestion} Valid keys: {', '.join(sorted(known))}")
         kwargs[key] = _convert(hints[key], value, f"{where}{key}")
     try:

@@ -267,10 +267,13 @@ def _load_source(name: str, root: str | Path | None, cache_dir: Path, download: 
 
 def _check_root(name: str, root: str | Path | None) -> Path:
     if root is None:
-        raise BenchError(f"dataset '{name}' needs a data root: pass --data-dir (or set data.root)")
+        raise BenchError(f"dataset '{name}' needs a data root: pass --data-dir, set $BENCH_DATA_DIR or data.root")
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
-        raise BenchError(f"data root '{root}' is not a directory; pass --data-dir with the folder holding '{name}'")
+        raise BenchError(
+            f"data root '{root}' is not a directory; pass --data-dir or set $BENCH_DATA_DIR to the folder "
+            f"holding '{name}'"
+        )
     return path
 
 

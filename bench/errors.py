@@ -15,9 +15,28 @@ class BenchError(Exception):
 
 
 def closest(name: str, valid: Iterable[str]) -> str | None:
-    """Return the valid name closest to ``name``, or None when nothing is reasonably close."""
-    matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return matches[0] if matches else None
+    """Return the valid name closest to ``name``, or None when nothing is reasonably close: difflib's
+    candidates, the fewest typos first (``resnet21`` is one edit from resnet20 and two from resnet32,
+    which difflib scores alike), then difflib's order."""
+    matches = difflib.get_close_matches(name, list(valid), n=5, cutoff=0.5)
+    if not matches:
+        return None
+    return min(matches, key=lambda m: (edit_distance(name, m), matches.index(m)))
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of adjacent characters turning ``a`` into ``b``
+    (optimal string alignment distance)."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, rows[-2][j - 2] + 1)
+            row.append(cost)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> BenchError:

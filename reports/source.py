@@ -211,18 +211,30 @@ def group_column(frame: pd.DataFrame, key: str) -> str:
     )
 
 
+EXPORT_REQUIRED = ("run_id", "method", "seed", "model", "dataset", "test_acc")  # what every row of a table needs
+
+
 def load_export(path: str | Path) -> pd.DataFrame:
-    """Runs exported earlier with :func:`save_export` (``.csv`` or ``.parquet``)."""
+    """Runs exported earlier with :func:`save_export` (``.csv`` or ``.parquet``); a file without the
+    run columns (another tool's CSV) is refused rather than read as an empty table."""
     path = Path(path)
     if not path.exists():
         raise BenchError(f"no export file {path}")
     if path.suffix == ".parquet":
-        return tidy(pd.read_parquet(path))
-    if path.suffix == ".csv":
+        frame = pd.read_parquet(path)
+    elif path.suffix == ".csv":
         settings = setting_columns(pd.read_csv(path, nrows=0))  # text, as MLflow stores them: "4", not 4.0
         text = ["run_id", "parent_id", "git_sha", "protocol", "config_hash", *settings]
-        return tidy(pd.read_csv(path, dtype=dict.fromkeys(text, str)))
-    raise BenchError(f"export {path}: use a .csv or .parquet file")
+        frame = pd.read_csv(path, dtype=dict.fromkeys(text, str))
+    else:
+        raise BenchError(f"export {path}: use a .csv or .parquet file")
+    missing = [c for c in EXPORT_REQUIRED if c not in frame.columns]
+    if missing:
+        raise BenchError(
+            f"{path.name} is not a bench export: it lacks {', '.join(missing)} (write one with "
+            f"'bench report --export FILE'); its columns: {', '.join(map(str, frame.columns[:8]))}"
+        )
+    return tidy(frame)
 
 
 def save_export(frame: pd.DataFrame, path: str | Path) -> None:

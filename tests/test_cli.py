@@ -191,7 +191,7 @@ def test_argparse_error_is_one_line(tmp_path: Path) -> None:
         (["--target-flops-reduction", "1.5"], ["target_flops_reduction", "[0, 1)", "1.5"]),
         (["--target-flops-reduction", "-0.1"], ["target_flops_reduction", "[0, 1)", "-0.1"]),
         (["--set", "foo"], ["malformed --set 'foo'", "key=value"]),
-        (["--set", "dense.epoch=3"], ["unknown config key 'dense.epoch'", "Did you mean 'epochs'?"]),
+        (["--set", "dense.epoch=3"], ["unknown config key 'dense.epoch'", "Did you mean 'dense.epochs'?"]),
         (["--preset", "smok"], ["unknown preset 'smok'", "Did you mean 'smoke'?"]),
         (["--seeds", "0,x"], ["--seeds", "'x'"]),
         (["--methods", ","], ["--methods is empty"]),

@@ -194,10 +194,10 @@ def test_malformed_set_is_a_bench_error(item: str) -> None:
 @pytest.mark.parametrize(
     ("item", "wrong", "hint"),
     [
-        ("dense.epoch=3", "dense.epoch", "epochs"),
+        ("dense.epoch=3", "dense.epoch", "dense.epochs"),
         ("modle=vgg16", "modle", "model"),
-        ("prune.target_flops=0.3", "prune.target_flops", "target_flops_reduction"),
-        ("method.slim.sparsty.epochs=3", "method.slim.sparsty", "sparsity"),
+        ("prune.target_flops=0.3", "prune.target_flops", "prune.target_flops_reduction"),
+        ("method.slim.sparsty.epochs=3", "method.slim.sparsty", "method.slim.sparsity"),
     ],
 )
 def test_unknown_key_suggests_the_closest(item: str, wrong: str, hint: str) -> None:
@@ -243,7 +243,7 @@ def test_missing_toml_file_is_a_bench_error(tmp_path: Path) -> None:
 
 def test_unknown_key_in_a_toml_file(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "[finetune]\nepocs = 3\n")
-    with pytest.raises(BenchError, match=r"unknown config key 'finetune.epocs'.*Did you mean 'epochs'"):
+    with pytest.raises(BenchError, match=r"unknown config key 'finetune.epocs'.*Did you mean 'finetune.epochs'"):
         resolve(None, path, {}, [])
 
 

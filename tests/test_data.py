@@ -284,9 +284,9 @@ def test_missing_dataset_names_folders(cifar_root: Path, tmp_path: Path) -> None
 
 
 def test_bad_root_limits_and_offline_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(BenchError, match="not a directory"):
+    with pytest.raises(BenchError, match=r"not a directory; pass --data-dir or set \$BENCH_DATA_DIR"):
         build("cifar10", tmp_path / "nope", cache_dir=tmp_path)
-    with pytest.raises(BenchError, match="needs a data root"):
+    with pytest.raises(BenchError, match=r"needs a data root: pass --data-dir, set \$BENCH_DATA_DIR"):
         build("cifar10", None, cache_dir=tmp_path)
     with pytest.raises(BenchError, match="train_limit must be an integer >= 1"):
         build("cifar10", tmp_path, cache_dir=tmp_path, train_limit=0)

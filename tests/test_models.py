@@ -313,3 +313,10 @@ def test_measure_latency_on_cuda_uses_cuda_events() -> None:
     assert lat.median_ms > 0 and lat.iqr_ms >= 0
     assert lat.protocol.timer == "cuda-events" and lat.protocol.device.startswith("cuda")
     assert measure.count_macs(model) == REFERENCE["resnet20"][1]  # the counter follows the model's device
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("resnet21", "resnet20"), ("resnet57", "resnet56"), ("vgg61", "vgg16")])
+def test_a_one_character_typo_suggests_the_name_one_edit_away(typo: str, meant: str) -> None:
+    """difflib scores resnet21 alike against resnet20 and resnet32; the edit distance breaks the tie."""
+    with pytest.raises(BenchError, match=f"Did you mean '{meant}'"):
+        models.create(typo)

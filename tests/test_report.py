@@ -388,3 +388,14 @@ def test_an_export_into_a_folder_that_does_not_exist_yet_creates_it(tmp_path: Pa
     target = tmp_path / "new" / "folder" / "runs.csv"
     build_report(ReportRequest(export=str(FIXTURE), save_export=str(target)))
     pd.testing.assert_frame_equal(load_export(FIXTURE), load_export(target), check_dtype=False)
+
+
+def test_an_export_without_the_run_columns_is_refused_with_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(BenchError, match=r"other.csv is not a bench export: it lacks run_id, method, .*bench report"):
+        load_export(path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "report", "--from", str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "lacks run_id" in proc.stderr
