@@ -35,15 +35,18 @@ __all__ = [
     "GROUP_REDUCTIONS",
     "Scores",
     "batchnorms",
+    "bn_fold",
     "bn_gamma",
     "channel_sq",
     "filter_l1",
     "filter_sq",
     "group_l2",
     "group_norm",
+    "is_affine_bn",
     "layer_mean",
     "layer_share",
     "member_filters",
+    "member_producers",
     "member_sq",
     "out_in_energy",
     "out_in_sq",
@@ -90,10 +93,8 @@ def member_filters(model: nn.Module, unit: PrunableUnit) -> list[torch.Tensor]:
     autograd graph is kept; BN members are skipped (:func:`unit_bns`). Raises when a member's output
     width is not the unit's (a member that covers only part of the channels) or there is none."""
     filters = []
-    for name in unit.modules("out"):
+    for name in member_producers(model, unit):
         module = module_by_name(model, name)
-        if not isinstance(module, nn.Conv2d | nn.Linear):
-            continue
         if module.weight.shape[0] != unit.channels:
             raise BenchError(
                 f"'{name}' has {module.weight.shape[0]} output channels, unit '{unit.name}' has {unit.channels}"
@@ -104,13 +105,29 @@ def member_filters(model: nn.Module, unit: PrunableUnit) -> list[torch.Tensor]:
     return filters
 
 
+def member_producers(model: nn.Module, unit: PrunableUnit) -> list[str]:
+    """Names of the convs and linears producing ``unit``'s channels, in :func:`member_filters` order."""
+    return [n for n in unit.modules("out") if isinstance(module_by_name(model, n), nn.Conv2d | nn.Linear)]
+
+
+def is_affine_bn(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a BN with a learned scale gamma (one of ``BN_TYPES``, affine)."""
+    return isinstance(module, BN_TYPES) and module.weight is not None
+
+
+def bn_fold(bn: nn.BatchNorm2d, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """|gamma| / sqrt(running_var + eps), in ``dtype``: what the BN multiplies each channel of its
+    input by in eval mode (a filter's BN-folded scale), detached."""
+    return bn.weight.detach().to(dtype).abs() / (bn.running_var.detach().to(dtype) + bn.eps).sqrt()
+
+
 def unit_bns(model: nn.Module, unit: PrunableUnit) -> list[nn.BatchNorm2d]:
     """Every affine BN scaling ``unit``'s channels (its "out" BN members, in member order; may be
     empty). Raises when one has a different width than the unit."""
     bns = []
     for name in unit.modules("out"):
         module = module_by_name(model, name)
-        if isinstance(module, BN_TYPES) and module.weight is not None:
+        if is_affine_bn(module):
             if module.num_features != unit.channels:
                 raise BenchError(
                     f"BN '{name}' has {module.num_features} features, unit '{unit.name}' has {unit.channels}"

@@ -31,12 +31,12 @@ from torch import nn
 
 from bench.curves import CURVES
 from bench.errors import BenchError
+from bench.importance import bn_fold, is_affine_bn
 from bench.schema import Artifact, Tag, sparsity_metric
 
 EPS_GRID = tuple(float(e) for e in torch.logspace(-6, 0, 25, dtype=torch.float64))  # 4 points per decade
 REPORT_EPS = (1e-4, 1e-3, 1e-2, 1e-1)  # eps logged as scalar metrics
 ARTIFACT = Artifact.SPARSITY
-BN_TYPES = (nn.BatchNorm2d,)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def sparsity_curves(model: nn.Module, eps: tuple[float, ...] = EPS_GRID) -> Spar
                 filter_means.append(w.flatten(1).mean(1))
     mags, means = torch.cat(magnitudes), torch.cat(filter_means)
     folded = [layer_relative(w) for w in folded_conv_weights(model)]
-    gammas = [bn.weight.detach().abs().double().cpu() for bn in model.modules() if _is_affine_bn(bn)]
+    gammas = [bn.weight.detach().abs().double().cpu() for bn in model.modules() if is_affine_bn(bn)]
     gamma = torch.cat(gammas) if gammas else torch.zeros(0, dtype=torch.float64)
     return SparsityCurves(
         tuple(eps),
@@ -107,9 +107,8 @@ def folded_conv_weights(model: nn.Module) -> list[torch.Tensor]:
             continue
         w = module.weight.detach().abs().double().cpu()
         bn = leaves[i + 1] if i + 1 < len(leaves) else None
-        if _is_affine_bn(bn) and bn.num_features == w.shape[0] and bn.running_var is not None:
-            scale = bn.weight.detach().abs().double().cpu() / (bn.running_var.detach().double().cpu() + bn.eps).sqrt()
-            w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+        if is_affine_bn(bn) and bn.num_features == w.shape[0] and bn.running_var is not None:
+            w = w * bn_fold(bn, torch.float64).cpu().view(-1, *([1] * (w.dim() - 1)))
         out.append(w)
     return out
 
@@ -117,10 +116,6 @@ def folded_conv_weights(model: nn.Module) -> list[torch.Tensor]:
 def layer_relative(weights: torch.Tensor) -> torch.Tensor:
     """``weights`` over their mean (an all-zero layer stays zero): eps becomes a fraction of the layer's scale."""
     return weights / weights.mean().clamp_min(torch.finfo(weights.dtype).tiny)
-
-
-def _is_affine_bn(module: nn.Module | None) -> bool:
-    return isinstance(module, BN_TYPES) and module.weight is not None
 
 
 def _fractions_below(values: torch.Tensor, grid: torch.Tensor) -> tuple[float, ...]:

@@ -84,7 +84,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import Context, Method, PrunableUnit, layer_mean, member_filters, module_by_name, reduce_group
+from bench.api import (
+    Context,
+    Method,
+    PrunableUnit,
+    layer_mean,
+    member_filters,
+    member_producers,
+    module_by_name,
+    reduce_group,
+)
 from bench.errors import BenchError
 
 THRESHOLDS = ("hard", "soft")
@@ -125,11 +134,6 @@ class SGL0Config:
             raise ValueError(f"ema must be in [0, 1) (0: off; the authors use 0.99), got {self.ema}")
 
 
-def producers(model: nn.Module, unit: PrunableUnit) -> list[str]:
-    """Names of the convs (and linears) producing ``unit``'s channels, in :func:`member_filters` order."""
-    return [n for n in unit.modules("out") if isinstance(module_by_name(model, n), nn.Conv2d | nn.Linear)]
-
-
 class SparseGroupL0(Method):
     name = "sgl0"
     description = "sparse group L0 + L2,1 by variable splitting, trained from scratch (Bui et al. 2021)"
@@ -161,7 +165,7 @@ class SparseGroupL0(Method):
 
     def layers(self, model: nn.Module, ctx: Context) -> dict[str, nn.Module]:
         """The regularized layers: every producer conv of every prunable unit."""
-        return {name: module_by_name(model, name) for u in ctx.units for name in producers(model, u)}
+        return {name: module_by_name(model, name) for u in ctx.units for name in member_producers(model, u)}
 
     def setup(self, model: nn.Module, ctx: Context) -> None:
         self._refresh_stale(model, ctx)
@@ -183,7 +187,7 @@ class SparseGroupL0(Method):
     def unit_penalty(self, model: nn.Module, unit: PrunableUnit) -> torch.Tensor:
         """lam sqrt(|g|) sum_g ||W_g||_2 + beta/2 ||W - U||^2 over the unit's producers (the part with
         a W gradient); g = channel c of every producer together."""
-        filters, names = member_filters(model, unit), producers(model, unit)
+        filters, names = member_filters(model, unit), member_producers(model, unit)
         grouped = torch.cat(filters, dim=1) if len(filters) > 1 else filters[0]
         group_size = grouped.shape[1]
         group_norms = torch.linalg.vector_norm(grouped, dim=1)  # its gradient at an all-zero group is 0

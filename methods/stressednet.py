@@ -65,7 +65,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.api import BN_TYPES, Context, Method, PrunableUnit, member_filters, module_by_name, reduce_group, unit_bns
+from bench.api import (
+    Context,
+    Method,
+    PrunableUnit,
+    bn_fold,
+    is_affine_bn,
+    member_filters,
+    member_producers,
+    module_by_name,
+    reduce_group,
+    unit_bns,
+)
 
 NORMALIZERS = ("max", "mean")
 _SAMPLE_EPOCH = -1  # the epoch slot of the offspring draw in the per-event seed
@@ -109,16 +120,11 @@ def survival_probability(strength: torch.Tensor, environment: float, normalizer:
     return torch.exp(s / z - 1).clamp(0, 1) * environment
 
 
-def bn_fold(bn: nn.BatchNorm2d) -> torch.Tensor:
-    """|gamma| / sqrt(running_var + eps): what the BN multiplies a channel's conv output by (eval mode)."""
-    return bn.weight.detach().float().abs() / (bn.running_var.float() + bn.eps).sqrt()
-
-
 def conv_bn_pairs(model: nn.Module, input_size: int) -> dict[str, str]:
     """{conv name: name of the affine BN whose input is that conv's output}, read from one eval-mode
     forward of a blank image (no running statistic changes)."""
     convs = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    bns = {m: n for n, m in model.named_modules() if isinstance(m, BN_TYPES) and m.weight is not None}
+    bns = {m: n for n, m in model.named_modules() if is_affine_bn(m)}
     if not convs:
         return {}
     outputs: list[tuple[torch.Tensor, str]] = []
@@ -182,8 +188,7 @@ class StressedNet(Method):
 
     def producers(self, model: nn.Module, unit: PrunableUnit) -> list[tuple[str, torch.Tensor]]:
         """(name, weight as (channels, -1)) of every conv/linear producing the unit's channels."""
-        names = [n for n in unit.modules("out") if isinstance(module_by_name(model, n), nn.Conv2d | nn.Linear)]
-        return list(zip(names, member_filters(model, unit), strict=True))
+        return list(zip(member_producers(model, unit), member_filters(model, unit), strict=True))
 
     def strength(self, model: nn.Module, unit: PrunableUnit, ctx: Context) -> torch.Tensor:
         """s_c: each producer's BN-folded filter L1 norm over its mean, averaged over producers."""

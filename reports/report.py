@@ -110,34 +110,29 @@ def make_figures(runs: pd.DataFrame, request: ReportRequest, folder: Path) -> di
             candidates["channels_per_layer"] = figures.channels_per_layer(
                 _artifacts(group, request, "plans.json"), title
             )
-            candidates["sparsity_curves"] = figures.sparsity_curves(_mean_curves(group, request), title)
+            candidates["sparsity_curves"] = figures.sparsity_curves(
+                mean_by_method(_artifacts(group, request, "sparsity.json", every_seed=True)), title
+            )
         for name, fig in candidates.items():
             if fig is not None:
                 made[f"{name}_{_safe(suffix)}"] = figures.save(fig, folder, f"{name}_{_safe(suffix)}")
     return made
 
 
-def _artifacts(group: pd.DataFrame, request: ReportRequest, name: str) -> dict[str, Any]:
-    """One run per row of the table, less its target (its lowest seed): the named JSON artifact, by label."""
+def _artifacts(group: pd.DataFrame, request: ReportRequest, name: str, every_seed: bool = False) -> dict[str, Any]:
+    """The named JSON artifact by label "<row> s<seed>": of one run per row of the table, less its
+    target (its lowest seed), or of every run of the row with ``every_seed``."""
     found = {}
-    first = group.sort_values("seed", kind="stable").drop_duplicates(subset=["series"])
-    for run_id, method, series, seed in first[["run_id", "method", "series", "seed"]].itertuples(index=False):
+    runs = group.sort_values("seed", kind="stable")
+    if not every_seed:
+        runs = runs.drop_duplicates(subset=["series"])
+    for run_id, method, series, seed in runs[["run_id", "method", "series", "seed"]].itertuples(index=False):
         if name == "plans.json" and method == "dense":
             continue
         data = source.read_artifact(request.tracking_uri, run_id, name)
         if data is not None:
             found[f"{series} s{seed}"] = data
     return found
-
-
-def _mean_curves(group: pd.DataFrame, request: ReportRequest) -> dict[str, Any]:
-    """Every run's sparsity curves (``sparsity.json``), averaged over the seeds of each row of the table."""
-    found = {}
-    for run_id, series, seed in group[["run_id", "series", "seed"]].itertuples(index=False):
-        data = source.read_artifact(request.tracking_uri, run_id, "sparsity.json")
-        if data is not None:
-            found[f"{series} s{seed}"] = data
-    return mean_by_method(found)
 
 
 def _safe(text: str) -> str:
