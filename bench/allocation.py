@@ -120,9 +120,31 @@ def ratio_keep(channels: int, ratio: float) -> int:
     return math.floor(channels * (1 - ratio) + _FLOAT_SLACK)
 
 
+def as_scores(units: list[PrunableUnit], scores: Scores) -> dict[str, torch.Tensor]:
+    """The scores a method returned, as the harness uses them: detached from autograd (a plugin may
+    return ``weight.abs().mean(...)`` as it is), float32 on the CPU, one finite value per channel of
+    every unit; anything else is a BenchError naming the unit. Units not listed are left out."""
+    out = {}
+    for unit in units:
+        if unit.name not in scores:
+            raise BenchError(f"importance has no scores for unit '{unit.name}' (it returned {len(scores)} units)")
+        s = scores[unit.name]
+        if not isinstance(s, torch.Tensor):
+            raise BenchError(f"importance of '{unit.name}' is a {type(s).__name__}, not a torch.Tensor")
+        s = s.detach().to("cpu", torch.float32)
+        if s.numel() != unit.channels:
+            raise BenchError(f"importance of '{unit.name}' has {s.numel()} scores for {unit.channels} channels")
+        if s.dim() != 1:
+            raise BenchError(f"importance of '{unit.name}' has shape {tuple(s.shape)}; expected ({unit.channels},)")
+        if not torch.isfinite(s).all():
+            raise BenchError(f"importance of '{unit.name}' has {int((~torch.isfinite(s)).sum())} non-finite scores")
+        out[unit.name] = s
+    return out
+
+
 def _top_indices(scores: torch.Tensor, count: int) -> tuple[int, ...]:
     """Indices of the ``count`` highest scores, in ascending index order (ties: lower index wins)."""
-    order = torch.argsort(scores.float(), descending=True, stable=True)
+    order = torch.argsort(scores, descending=True, stable=True)
     return tuple(sorted(order[:count].tolist()))
 
 
@@ -135,6 +157,7 @@ def plan_from_counts(
     meta: Mapping | None = None,
 ) -> PruningPlan:
     """Keep the ``counts[n]`` highest-scoring channels of each unit ``n``."""
+    scores = as_scores(units, scores)
     by_name = {u.name: u for u in units}
     keep = {n: _top_indices(scores[n], c) for n, c in counts.items() if c < by_name[n].channels}
     channels = {n: by_name[n].channels for n in keep}
@@ -156,10 +179,9 @@ def candidates(
     at most ``floor(max_prune_fraction * C)`` of it (per-round caps such as OICSR's), never touching
     its protected minimum. Ties keep unit order."""
     out: list[tuple[float, str]] = []
+    scores = as_scores(units, scores)
     for unit in units:
-        s = scores[unit.name].float()
-        if s.numel() != unit.channels:
-            raise BenchError(f"importance of '{unit.name}' has {s.numel()} scores for {unit.channels} channels")
+        s = scores[unit.name]
         cap = min(
             math.floor(max_prune_fraction * unit.channels + _FLOAT_SLACK),
             unit.channels - min_keep(unit.channels, min_keep_fraction),

@@ -39,6 +39,7 @@ from torch import nn
 from bench.allocation import (
     CostModel,
     TargetUnreachable,
+    as_scores,
     by_flops_target,
     candidates,
     counts_after,
@@ -126,6 +127,7 @@ __all__ = [  # noqa: RUF022 (grouped by purpose, sorted within each group)
     # allocation building blocks for Method.allocate
     "CostModel",
     "TargetUnreachable",
+    "as_scores",
     "backend_of",
     "by_flops_target",
     "candidates",
@@ -281,7 +283,10 @@ class Method(abc.ABC):
         """One score per channel for every unit in ``ctx.units``; higher means more important.
 
         Scores are compared across units by the global rules (FLOPs target, channel fraction), so
-        make them comparable (for example mean |w| rather than a raw L1 sum).
+        make them comparable (for example mean |w| rather than a raw L1 sum). They may be returned
+        as computed (on the model's device, still attached to autograd): the harness's allocation
+        takes them through :func:`as_scores` (detached, float32 on the CPU, one finite value per
+        channel, else a BenchError naming the unit); a custom :meth:`allocate` can call it too.
         """
 
     def allocate(self, model: nn.Module, scores: dict[str, torch.Tensor], ctx: Context) -> PruningPlan | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ import torch
 
 from bench import budget, measure, models
 from bench.atomic import atomic_write_text
-from bench.checkpoint import atomic_save, load
+from bench.checkpoint import atomic_save, load, note_resume_point
 from bench.config import stable_hash
-from bench.paths import exclusive_lock
-from bench.run_log import latency_of, log_finished, log_history, log_sparsity
+from bench.paths import exclusive_lock, remove_resume_files
+from bench.run_log import latency_of, log_finished, log_history, log_model, log_sparsity
 from bench.schema import DENSE, Phase, Result, Tag
 from bench.session import Session
 from bench.training import fit, seed_everything
@@ -35,7 +35,7 @@ from bench.training import fit, seed_everything
 # pipeline): every cached baseline then misses and is trained again. The package version is in the
 # key too, but it moves only at releases; between releases this constant is what keeps a stale
 # baseline from being reused.
-BASELINE_VERSION = 1
+BASELINE_VERSION = 2  # 2: timm stems adapted to stride 8 (issue 14)
 PACKAGE = "bench"  # the distribution name in pyproject.toml
 
 
@@ -81,9 +81,11 @@ def dense_baseline(session: Session, seed: int, *, log_run: bool = True) -> Base
     parent) unless ``log_run`` is False. Concurrent processes sharing the results dir train it once.
     Whatever stops it (an error, Ctrl-C, SIGTERM) ends its run FAILED or KILLED with the reason."""
     key = baseline_key(session, seed)
-    run_id = _start_dense_run(session, seed, key) if log_run else None
+    finished = _finished_dense_run(session, seed) if log_run else None
+    run_id = _start_dense_run(session, seed, key) if log_run and finished is None else None
     with _ended_on_failure(session, run_id):
-        return _trained_or_cached(session, seed, key, run_id)
+        baseline = _trained_or_cached(session, seed, key, run_id)
+    return Baseline(baseline.state, replace(baseline.result, run_id=run_id or finished))
 
 
 def _ended_on_failure(session: Session, run_id: str | None) -> AbstractContextManager[None]:
@@ -97,8 +99,10 @@ def _trained_or_cached(session: Session, seed: int, key: str, run_id: str | None
         reused = (folder / "meta.json").exists()
         if reused:
             session.say(f"dense baseline seed {seed}: reusing cached baseline {key} from {folder}")
+            remove_resume_files(folder)  # left by an invocation killed just after meta.json
         else:
             _train(session, seed, folder)
+    note_resume_point(f"dense seed {seed} baseline (cached)")  # a rerun reuses it
     meta = json.loads((folder / "meta.json").read_text())
     state = load(folder / "model.pt")
     model = models.create(session.cfg.model, session.data.num_classes, session.data.input_size)
@@ -107,16 +111,24 @@ def _trained_or_cached(session: Session, seed: int, key: str, run_id: str | None
     if run_id is not None:
         log_sparsity(session, run_id, model)
         log_history(session, run_id, meta["history"])
+        log_model(session, run_id, model)
         log_finished(session, run_id, result, {Tag.BASELINE_REUSED: str(reused).lower()}, [folder / "model.pt"])
     return Baseline(state, result)
 
 
-def _start_dense_run(session: Session, seed: int, key: str) -> str | None:
-    """The dense child run of this parent, unless a finished one exists already (a resumed run)."""
-    run_key = f"{session.parent_id}/{DENSE}/s{seed}"
-    if session.tracker.find_finished(run_key, parent_id=session.parent_id) is not None:
-        return None
+def _dense_run_key(session: Session, seed: int) -> str:
+    return f"{session.parent_id}/{DENSE}/s{seed}"
+
+
+def _finished_dense_run(session: Session, seed: int) -> str | None:
+    """The finished dense child run of this parent (a resumed invocation logged it already), or None."""
+    return session.tracker.find_finished(_dense_run_key(session, seed), parent_id=session.parent_id)
+
+
+def _start_dense_run(session: Session, seed: int, key: str) -> str:
+    """Start (or resume an unfinished) dense child run of this parent."""
     tags = {Tag.METHOD: DENSE, Tag.SEED: str(seed), Tag.BASELINE_KEY: key}
+    run_key = _dense_run_key(session, seed)
     return session.tracker.start_run(f"dense seed {seed}", parent_id=session.parent_id, key=run_key, tags=tags)
 
 
@@ -144,7 +156,8 @@ def _dense_result(seed: int, meta: dict[str, Any], latency: dict[str, Any], trai
 
 def _train(session: Session, seed: int, folder: Path) -> None:
     cfg, data = session.cfg, session.data
-    session.say(f"dense baseline seed {seed}: training {cfg.dense.epochs} epochs -> {folder}")
+    verb = "continuing" if (folder / "train.ckpt").exists() else "training"  # training.fit says from where
+    session.say(f"dense baseline seed {seed}: {verb} {cfg.dense.epochs} epochs -> {folder}")
     seed_everything(seed, cfg.deterministic)
     model = models.create(cfg.model, data.num_classes, data.input_size)
     result = fit(
@@ -164,4 +177,4 @@ def _train(session: Session, seed: int, folder: Path) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_text(json.dumps(meta, indent=1), folder / "meta.json")  # written last: marks the cache complete
-    (folder / "train.ckpt").unlink(missing_ok=True)
+    remove_resume_files(folder)  # train.ckpt: the weights are in model.pt, the cache entry is complete

@@ -31,9 +31,11 @@ import multiprocessing
 import os
 import pickle
 import re
+import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -61,6 +63,7 @@ _CACHE_VERSION = 1  # bump when the cached tensor layout changes
 _TEST_SUBSET_SEED = 0  # test_limit picks the same test images for every split_seed and run seed
 _POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
 _CHUNK = 1000  # files per decode task: small enough for a smooth progress bar
+_DECODE_BARS: ContextVar[bool] = ContextVar("decode_bars", default=True)  # build(progress=...) sets it
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +142,7 @@ class _Source:
 
 
 # Published per-channel statistics, in [0, 1] units.
-_STATS: dict[str, tuple[Stats, Stats]] = {
+NORMALIZATION: dict[str, tuple[Stats, Stats]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
@@ -162,20 +165,22 @@ def build(
     train_limit: int | None = None,
     test_limit: int | None = None,
     download: bool = False,
+    progress: bool = True,
 ) -> DatasetSplits:
     """Load dataset ``name`` from under ``root`` and split it into train/val/test.
 
     ``val_size`` images are held out of the full training split by a permutation seeded with
     ``split_seed`` (default: 5000 for CIFAR, 10 per class for Tiny ImageNet, 10% for image
     folders). ``train_limit`` / ``test_limit`` keep at most that many images (smoke runs); the
-    test subset is class-balanced and the same for every ``split_seed``.
+    test subset is class-balanced and the same for every ``split_seed``. ``progress`` False hides
+    the decode bars of a first use (``--no-progress``).
     """
     _check_limit("train_limit", train_limit)
     _check_limit("test_limit", test_limit)
     _check_limit("val_size", val_size)
     if not isinstance(split_seed, int) or split_seed < 0:
         raise BenchError(f"split_seed must be an integer >= 0, got {split_seed!r}")
-    kind, raw = _load_source(name, root, Path(cache_dir), download)
+    kind, raw = _load_with_bars(name, root, Path(cache_dir), download, progress)
     n_train = len(raw.train)
     if val_size is None:
         val_size = _default_val_size(kind, n_train, len(raw.classes))
@@ -186,7 +191,7 @@ def build(
         )
     train_idx, val_idx = split_indices(n_train, val_size, split_seed, train_limit)
     test_pos = balanced_subset(raw.test.labels, test_limit) if test_limit else torch.arange(len(raw.test))
-    mean, std = _STATS[kind]
+    mean, std = NORMALIZATION[kind]
     return DatasetSplits(
         name=name,
         train=raw.train.select(train_idx),
@@ -246,6 +251,17 @@ def balanced_subset(labels: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 # --- resolving a name to files ------------------------------------------------------------------
+
+
+def _load_with_bars(
+    name: str, root: str | Path | None, cache_dir: Path, download: bool, progress: bool
+) -> tuple[str, _Source]:
+    """``_load_source`` with its decode bars shown or hidden, however deep the decode happens."""
+    token = _DECODE_BARS.set(progress)
+    try:
+        return _load_source(name, root, cache_dir, download)
+    finally:
+        _DECODE_BARS.reset(token)
 
 
 def _load_source(name: str, root: str | Path | None, cache_dir: Path, download: bool) -> tuple[str, _Source]:
@@ -516,12 +532,15 @@ def _save_atomic(blob: dict[str, torch.Tensor], path: Path) -> None:
     atomic_save(blob, path)
 
 
-def decode_images(files: Sequence[Path], size: tuple[int, int] | None = None, *, desc: str = "decode") -> torch.Tensor:
+def decode_images(
+    files: Sequence[Path], size: tuple[int, int] | None = None, *, desc: str = "decode", progress: bool | None = None
+) -> torch.Tensor:
     """Decode image files to one uint8 (N, 3, H, W) tensor, grayscale and RGBA converted to RGB.
 
     Images whose (H, W) differ from ``size`` (default: the first image's) are resized to it.
     Large lists are decoded by 2 forked processes with torchvision's libjpeg-turbo decoder: on
     CIFAR-10's 60k JPEGs that took ~1.5 s against ~2.5 s serial and ~2.2 s with 2 threads (2 cores).
+    ``progress``: show a bar (default: what the enclosing ``build(progress=...)`` asked, else yes).
     """
     if not files:
         raise BenchError("no image files to decode")
@@ -529,7 +548,9 @@ def decode_images(files: Sequence[Path], size: tuple[int, int] | None = None, *,
     chunks = [[str(f) for f in files[i : i + _CHUNK]] for i in range(0, len(files), _CHUNK)]
     out = torch.empty((len(files), 3, *size), dtype=torch.uint8)
     pos = 0
-    with _pool(len(files)) as pool, tqdm(total=len(files), desc=desc, unit="img", leave=False) as bar:
+    show = _DECODE_BARS.get() if progress is None else progress
+    bar = tqdm(total=len(files), desc=desc, unit="img", leave=False, disable=not show)
+    with _pool(len(files)) as pool, bar:
         for arr in pool.imap(_decode_chunk, [(c, size) for c in chunks]):
             out[pos : pos + len(arr)] = torch.from_numpy(arr)
             pos += len(arr)
@@ -548,6 +569,8 @@ def _pool(count: int):
 def _worker_init() -> None:
     # one intra-op thread: the parent's OpenMP pool does not survive fork, and 2 workers fill 2 cores
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent stops the pool, a worker prints no traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_chunk(task: tuple[list[str], tuple[int, int]]) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from bench.controls import RUN_SOURCE, Inherited, ScratchControl
 from bench.errors import BenchError
 from bench.plan import PruningPlan, load_plans
-from bench.schema import Artifact, Metric, Tag
+from bench.schema import Artifact, Metric, Tag, stored_number
 from bench.session import Session
 from bench.tracking import Tracker
 
@@ -40,14 +40,14 @@ def from_store(tracker: Tracker, source: str, model: str) -> Inherited:
     plans = tuple(PruningPlan.from_dict(d) for d in tracker.read_json(run_id, Artifact.PLANS))
     if plans and plans[0].model != model:
         raise BenchError(f"plan source run '{run_id}' pruned {plans[0].model}, but this run's model is {model}")
-    metrics = run.data.metrics
-    missing = [k for k in BUDGET_METRICS if k not in metrics]
+    numbers = {k: stored_number(run.data, k) for k in BUDGET_METRICS}
+    missing = [k for k, v in numbers.items() if v is None]
     if missing:
         raise BenchError(
             f"plan source run '{run_id}' lacks the metrics {', '.join(missing)} (logged by bench run since "
             "the scratch control was added); re-run its method or name a newer run"
         )
-    budget = (int(metrics[k]) for k in BUDGET_METRICS)
+    budget = (int(numbers[k]) for k in BUDGET_METRICS)
     return Inherited(source, run_id, plans, *budget, protocol=run.data.tags.get(Tag.PROTOCOL, run_id))
 
 

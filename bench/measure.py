@@ -194,3 +194,13 @@ def _cuda_timer(model: nn.Module, x: torch.Tensor) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end)
+
+
+def duration(seconds: float) -> str:
+    """A human duration for estimates and timings: ``42 s`` below 90 s, ``3.5 min`` below 90 min,
+    ``1.2 h`` above."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -9,7 +9,9 @@ source's plans and re-draws every weight, and its final phase ("train") uses the
 budget. The epochs of every phase come from ``bench.budget`` (configured, or scaled by ``--budget``).
 
 Every phase resumes from its epoch checkpoint, every completed round from ``r<k>-done.pt``, and a
-finished (method, seed) from ``result.json``: a killed invocation run again continues here.
+finished (method, seed) from ``result.json``: a killed invocation run again continues here. Once
+``result.json`` is written (the run is FINISHED in MLflow with its plans and weights), the resume
+checkpoints are deleted; ``plans.json``, ``model.pt`` and ``result.json`` stay.
 """
 
 from __future__ import annotations
@@ -23,18 +25,21 @@ import torch
 from torch import nn
 
 from bench import budget, controls, inherit, measure, models, protocol, registry, surgery
+from bench.allocation import as_scores
 from bench.api import Context, Method
 from bench.atomic import atomic_write_text
 from bench.baseline import Baseline
-from bench.checkpoint import atomic_save, load
+from bench.checkpoint import atomic_save, load, note_resume_point
 from bench.config import Schedule
+from bench.errors import EarlyStop
 from bench.estimate import method_phases
+from bench.paths import record_store, remove_resume_files
 from bench.plan import PruningPlan, load_plans, save_plans
 from bench.pruning import Origin, default_plan, replay
-from bench.run_log import latency_of, log_finished, log_protocol, log_sparsity
+from bench.run_log import latency_of, log_finished, log_model, log_protocol, log_sparsity, model_tags
 from bench.schema import DENSE, Artifact, Param, Phase, Result, Tag, compile_tag, epoch_metric
 from bench.session import Session
-from bench.training import FitResult, eval_loader, evaluate_splits, fit, seed_everything
+from bench.training import FitResult, eval_loader, evaluate_splits, fit, rng_state, seed_everything, set_rng_state
 
 PHASE_LABELS = {"sparsity": "sparsity", "finetune": "fine-tune", "train": "train"}
 
@@ -68,11 +73,20 @@ class MethodRun:
         done = self.workdir / "result.json"
         if done.exists():
             self.session.say(f"{self.label} seed {self.seed}: already finished in this run, skipping")
+            remove_resume_files(self.workdir)  # left by an invocation killed between these two steps
+            note_resume_point(f"{self.label} seed {self.seed} finished")
             return Result.from_row(json.loads(done.read_text()))
         self.run_id = self._start_run(tags or {})
-        with self.session.tracker.ended_on_failure(self.run_id):  # KILLED or FAILED, with the reason
-            result = self._pipeline()
+        record_store(self.workdir.parent, self.session.tracker.uri)  # which store `bench clean` asks
+        try:
+            with self.session.tracker.ended_on_failure(self.run_id):  # KILLED or FAILED, with the reason
+                result = self._pipeline()
+        except EarlyStop:  # a pruned sweep trial is final: nothing will resume it
+            remove_resume_files(self.workdir)
+            raise
         atomic_write_text(json.dumps({**result.to_row(), "protocol": self.digest}, indent=1), done)
+        remove_resume_files(self.workdir)  # the result is in MLflow and result.json: resuming is over
+        note_resume_point(f"{self.label} seed {self.seed} finished")
         return result
 
     def _start_run(self, tags: Mapping[str, str]) -> str:
@@ -170,10 +184,15 @@ class MethodRun:
             plans.append(self.prune_once())
             if r < rounds - 1:
                 self.fit(Phase.FINETUNE, self.phases.finetune[r], r)
-            state = {"model": self.model.state_dict(), "method": self.method.state_dict()}
-            atomic_save(state, self.workdir / f"r{r}-done.pt")
-            save_plans(plans, self.workdir / Artifact.PLANS)  # written last: marks round r complete
+            self._save_round(r, plans)
         return plans
+
+    def _save_round(self, r: int, plans: list[PruningPlan]) -> None:
+        """Round ``r``'s weights, method state and every generator, then its plans (which mark it done)."""
+        state = {"model": self.model.state_dict(), "method": self.method.state_dict(), "rng": rng_state(self.ctx)}
+        point = f"{self.label} seed {self.seed} round {r + 1}"
+        atomic_save(state, self.workdir / f"r{r}-done.pt", resume_point=point)
+        save_plans(plans, self.workdir / Artifact.PLANS)  # written last: marks round r complete
 
     def _replay(self) -> list[PruningPlan]:
         """The scratch control's prune step: the source's plans in order, then a fresh init at the
@@ -194,6 +213,9 @@ class MethodRun:
         saved = load(self.workdir / f"r{len(plans) - 1}-done.pt")
         self.model.load_state_dict(saved["model"])
         self.method.load_state_dict(saved["method"])
+        if "rng" in saved:  # rounds saved before every generator was kept carry none
+            set_rng_state(saved["rng"], self.ctx)
+        note_resume_point(f"{self.label} seed {self.seed} round {len(plans)}")
         self.ctx.units = surgery.prunable_units(self.model, input_size)
         self.session.say(f"resuming after {len(plans)} completed prune round(s) from {self.workdir}")
         return plans
@@ -203,7 +225,7 @@ class MethodRun:
         ctx, model, cfg = self.ctx, self.model, self.session.cfg
         ctx.phase = "prune"
         model.eval()
-        scores = self.method.importance(model, ctx)
+        scores = as_scores(ctx.units, self.method.importance(model, ctx))  # detached, float32 on the CPU
         plan = self.method.allocate(model, scores, ctx)
         if plan is None:
             plan = default_plan(
@@ -298,7 +320,8 @@ class MethodRun:
         plans_file, model_file = self.workdir / Artifact.PLANS, self.workdir / Artifact.MODEL
         save_plans(plans, plans_file)
         atomic_save(self.model.state_dict(), model_file)
-        log_finished(self.session, self.run_id, result, {}, [plans_file, model_file])
+        log_model(self.session, self.run_id, self.model)
+        log_finished(self.session, self.run_id, result, model_tags(self.model), [plans_file, model_file])
         return replace(result, run_id=self.run_id)
 
 

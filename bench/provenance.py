@@ -8,11 +8,16 @@ provenance that says "unknown".
 
 from __future__ import annotations
 
+import functools
+import getpass
 import importlib.metadata
 import platform
 import socket
 import subprocess
+import sys
 from pathlib import Path
+
+from bench.schema import Source
 
 UNKNOWN = "unknown"
 NOT_INSTALLED = "not installed"
@@ -43,6 +48,36 @@ def environment() -> dict[str, str]:
     env["env.hostname"] = socket.gethostname()
     env["env.platform"] = platform.platform()
     return env
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags (``bench.schema.Source``), which fill the MLflow UI's Source and
+    User columns: the git commit of the code that ran (left out outside git), the entry point,
+    ``LOCAL`` and the user. Computed once per process (git is asked once)."""
+    tags = {Source.NAME: _entry_point(), Source.TYPE: Source.LOCAL, Source.USER: _user()}
+    sha = _git_state(_PACKAGE_DIR)["env.git_sha"]
+    if sha != UNKNOWN:
+        tags[Source.GIT_COMMIT] = sha
+    return tags
+
+
+def _entry_point() -> str:
+    """``python -m bench run`` for the CLI; else the script that started Python (as MLflow's own
+    default), or ``<console>`` for an interactive interpreter."""
+    main = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(main).name == "__main__.py" and Path(main).parent.name == "bench":
+        command = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ""
+        return f"python -m bench {command}".rstrip()
+    return main or "<console>"
+
+
+def _user() -> str:
+    """The login name (``getpass.getuser``), else "unknown" (a container without a passwd entry)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError, ImportError):
+        return UNKNOWN
 
 
 def package_version(*names: str) -> str:

@@ -18,19 +18,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
-from bench import controls, inherit, measure, models, named_plans, provenance, registry
+from bench import controls, inherit, measure, models, named_plans, provenance
 from bench.api import Method
 from bench.baseline import Baseline, dense_baseline
 from bench.config import RunConfig
-from bench.estimate import describe_plan, method_phases, planned_rounds
+from bench.estimate import PresetChoice, describe_plan, method_objects, method_phases, planned_rounds
 from bench.method_run import MethodRun
 from bench.schema import Artifact, Kind, Result, Tag
 from bench.session import EarlyStop, EpochCallback, Say, Session, Workspace, prepare
 
-__all__ = ["EarlyStop", "Outcome", "TrialRequest", "prepare", "run", "run_trial", "warm_baseline"]
+__all__ = ["EarlyStop", "Outcome", "PresetChoice", "TrialRequest", "prepare", "run", "run_trial", "warm_baseline"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,23 @@ class Outcome:
 Present = Callable[[Outcome], Mapping[str, pd.DataFrame]]  # prints; returns tables to log on the parent
 
 
-def run(cfg: RunConfig, *, progress: bool = True, say: Say = print, present: Present | None = None) -> pd.DataFrame:
-    """Run every method over every seed; returns one row per (method or dense, seed)."""
+def run(
+    cfg: RunConfig,
+    *,
+    progress: bool = True,
+    say: Say = print,
+    present: Present | None = None,
+    choice: PresetChoice | None = None,
+) -> pd.DataFrame:
+    """Run every method over every seed; returns one row per (method or dense, seed). ``choice``: how
+    the preset was chosen, for the plan's header (``bench.estimate.PresetChoice``)."""
     methods = checked_methods(cfg)
     rows = controls.controls(cfg)
     check_budgets(cfg, methods)
     order = inherit.run_order(controls.expand(cfg), rows)
     work = prepare(cfg, progress)
     external = inherit.external_sources(work.tracker, rows, cfg.model)
-    say(describe_plan(cfg, work, methods, external))
+    say(describe_plan(cfg, work, methods, external, choice))
     session = Session(cfg, work, _start_parent(cfg, work), say, external)
     with _parent_ended_on_failure(session):
         results = pd.DataFrame([result.to_row() for result in _all_results(session, order)])
@@ -68,8 +77,7 @@ def checked_methods(cfg: RunConfig) -> dict[str, Method]:
     models.validate_name(cfg.model)
     if cfg.prune.plan is not None:
         named_plans.check_plan(cfg.model, cfg.prune.plan)
-    names = [name for name in cfg.methods if not controls.is_control(name)]
-    methods = {name: registry.get_method(name).from_params(cfg.method_params(name)) for name in names}
+    methods = method_objects(cfg)
     if cfg.prune.plan is not None:
         named_plans.check_one_round(cfg.prune.plan, {name: planned_rounds(cfg, m) for name, m in methods.items()})
     return methods
@@ -131,6 +139,28 @@ def _finish_parent(session: Session, results: pd.DataFrame, present: Present | N
         tracker.log_table(session.parent_id, table, artifact)
     tracker.end_run(session.parent_id, "FINISHED")
     session.say(f"\nMLflow: parent run {session.parent_id} in experiment '{session.cfg.experiment}' at {tracker.uri}")
+    for line in child_lines(session, results):
+        session.say(line)
+
+
+def child_lines(session: Session, results: pd.DataFrame) -> list[str]:
+    """One line per child run (the dense baseline and each method, per seed): its MLflow run id and
+    where its artifacts (plans.json, model.pt) are, a local path for a local store."""
+    if "run_id" not in results:
+        return []
+    lines = []
+    for row in results.itertuples():
+        if isinstance(row.run_id, str) and row.run_id:
+            uri = session.tracker.get_run(row.run_id).info.artifact_uri
+            lines.append(f"  {row.method} seed {row.seed}: run {row.run_id}, artifacts {local_path(uri)}")
+    return lines
+
+
+def local_path(uri: str) -> str:
+    """A ``file:`` URI as the path it names; any other URI (a server's) as it is."""
+    if uri.startswith("file://"):
+        return unquote(urlparse(uri).path)
+    return uri
 
 
 def _table_title(session: Session) -> str:

@@ -5,8 +5,14 @@ readers (``bench.store``, ``reports.source``, ``bench sparsity``) take every tag
 artifact name from here, so a rename happens in one place and old stores stay readable.
 
 Layout of a stored invocation: a parent run (``Tag.KIND`` "run" or "sweep") with one nested run per
-(method or dense, seed), nested by MLflow's own ``PARENT_TAG``. A nested run's numeric result fields
-are metrics (``RESULT_METRICS`` plus ``latency_*``), its text result fields are ``bench.<field>`` tags.
+(method or dense, seed), nested by MLflow's own ``PARENT_TAG``. Every run carries MLflow's standard
+source tags (``Source``). A nested run's result fields are stored by what they are
+(``Result.metrics``, ``settings``, ``tags``): measurements are metrics (accuracies, params, MACs, the
+reductions, channels removed, latency median and IQR); settings are params (the seed, the training
+budget ``train_epochs``, ``train_images`` and ``budget/*``); the latency protocol and text fields
+are ``bench.<field>`` tags (``bench.latency_batch_size``). Stores written before issue 14 hold the
+seed, the budget and the numeric latency protocol as metrics: readers go through
+``stored_number``, which reads either.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ class Tag:
     DATASET: Final = "bench.dataset"
     DATA_SOURCE: Final = "bench.data_source"
     DATA_LABEL: Final = "bench.data_label"
+    NUM_CLASSES: Final = "bench.num_classes"  # the model's classifier width: bench.load_pruned rebuilds it
+    INPUT_SIZE: Final = "bench.input_size"  # px, square inputs the model was built and measured for
+    MLFLOW_MODEL_ERROR: Final = "bench.mlflow_model_error"  # why the MLflow model was not logged
     METHOD: Final = "bench.method"
     SEED: Final = "bench.seed"
     PRUNE_RULE: Final = "bench.prune_rule"  # e.g. "target_flops_reduction"
@@ -42,20 +51,32 @@ class Tag:
     BASELINE_REUSED: Final = "bench.baseline_reused"  # "true" when read from the cache
     PLAN_SOURCE: Final = "bench.plan_source"  # an inherited architecture's source ("l1", "run:<id>")
     PLAN_SOURCE_RUN: Final = "bench.plan_source_run"
+    STEM_ADAPTATION: Final = "bench.stem_adaptation"  # how a timm model's stem was adapted to 32/64 px, or "none"
     # the protocol digest: every setting that shaped the result except the seed (``bench.protocol``);
     # reports aggregate runs of one digest only. The settings themselves are params ``protocol.<key>``.
     PROTOCOL: Final = "bench.protocol"
-    # text fields of a result row (``result_tag``): the latency protocol's strings
+    # the latency protocol (``result_tag``): every field of ``measure.LatencyProtocol``, numbers included
+    # (batch_size, input_size, threads, warmup, repeats, rounds: metrics in stores before issue 14)
     LATENCY_DEVICE: Final = "bench.latency_device"
     LATENCY_TIMER: Final = "bench.latency_timer"
     LATENCY_DTYPE: Final = "bench.latency_dtype"
-    # read by reports but not written by bench run, which logs the batch size as the metric latency_batch_size
     LATENCY_BATCH_SIZE: Final = "bench.latency_batch_size"
     # sweeps
     SWEEP: Final = "bench.sweep"  # on a trial's run: the sweep kind
     STUDY: Final = "optuna.study"
     TRIAL: Final = "optuna.trial"
     STORAGE: Final = "optuna.storage"  # on a sweep parent, credentials redacted
+
+
+class Source:
+    """MLflow's standard source tags (``mlflow.utils.mlflow_tags``), on every run, so the MLflow UI's
+    Source and User columns are filled (``bench.provenance.source_tags``)."""
+
+    GIT_COMMIT: Final = "mlflow.source.git.commit"
+    NAME: Final = "mlflow.source.name"  # the entry point: "python -m bench run", else the script
+    TYPE: Final = "mlflow.source.type"  # "LOCAL"
+    USER: Final = "mlflow.user"
+    LOCAL: Final = "LOCAL"
 
 
 class Kind:
@@ -119,6 +140,10 @@ class Param:
     SWEEP: Final = "sweep"  # a sweep parent's spec
     TARGET_FLOPS: Final = "prune.target_flops_reduction"  # read by reports for runs older than Tag.PRUNE_RULE
     PROTOCOL_PREFIX: Final = "protocol."  # ``protocol.dense.epochs``: one flattened setting of the protocol
+    # a method or dense run's settings among its result fields (``Result.settings``; metrics before issue 14)
+    SEED: Final = "seed"  # also the tag bench.seed
+    TRAIN_EPOCHS: Final = "train_epochs"  # the training budget: every epoch that produced the model
+    TRAIN_IMAGES: Final = "train_images"  # the same budget in training images seen
 
 
 def protocol_param(key: str) -> str:
@@ -127,9 +152,12 @@ def protocol_param(key: str) -> str:
 
 
 class Metric:
-    """MLflow metric names. Result fields are logged once (step 0); per-epoch stats use ``epoch_metric``."""
+    """MLflow metric names: measurements only. Result fields are logged once (step 0); per-epoch stats
+    use ``epoch_metric``. ``SEED``, ``TRAIN_EPOCHS``, ``TRAIN_IMAGES`` and the latency protocol's
+    numbers (``LATENCY_BATCH_SIZE``, ``LATENCY_REPEATS``) are result-row keys that are settings: stored
+    as params and tags since issue 14, as metrics before (``stored_number`` reads both)."""
 
-    SEED: Final = "seed"
+    SEED: Final = Param.SEED
     TEST_ACC: Final = "test_acc"  # fraction in [0, 1], of the best-validation checkpoint
     BEST_VAL_ACC: Final = "best_val_acc"
     PARAMS: Final = "params"  # count
@@ -140,8 +168,8 @@ class Metric:
     ACC_CHANGE: Final = "acc_change"  # test_acc - dense_test_acc
     PARAMS_REDUCTION: Final = "params_reduction"  # 1 - params / dense_params
     FLOPS_REDUCTION: Final = "flops_reduction"  # 1 - macs / dense_macs
-    TRAIN_EPOCHS: Final = "train_epochs"  # the training budget: every epoch that produced the model
-    TRAIN_IMAGES: Final = "train_images"  # the same budget in training images seen
+    TRAIN_EPOCHS: Final = Param.TRAIN_EPOCHS
+    TRAIN_IMAGES: Final = Param.TRAIN_IMAGES
     CHANNELS_REMOVED: Final = "channels_removed"  # achieved: 1 - kept / dense prunable channels
     LATENCY_PREFIX: Final = "latency_"
     LATENCY_MEDIAN: Final = "latency_median_ms"  # ms per batch
@@ -174,7 +202,8 @@ BUDGET_PREFIX: Final = "budget/"
 
 def budget_metric(phase: str, unit: str) -> str:
     """One phase's share of the training budget: ``budget_metric("finetune", "epochs")`` ->
-    ``budget/finetune_epochs`` (phases: dense, sparsity, finetune, train; units: epochs, images)."""
+    ``budget/finetune_epochs`` (phases: dense, sparsity, finetune, train; units: epochs, images).
+    A result-row key stored as a param (a metric before issue 14)."""
     return f"{BUDGET_PREFIX}{phase}_{unit}"
 
 
@@ -229,13 +258,9 @@ ROW_HEAD: Final = (  # the first keys of a result row, in order; then latency_*,
     Metric.PARAMS_REDUCTION,
     Metric.FLOPS_REDUCTION,
 )
-RESULT_METRICS: Final = (  # numeric fields logged as metrics, besides latency_* and budget/* (the budget when known)
-    Metric.SEED,
-    *ROW_HEAD[2:],
-    Metric.TRAIN_EPOCHS,
-    Metric.TRAIN_IMAGES,
-    Metric.CHANNELS_REMOVED,
-)
+RESULT_METRICS: Final = (*ROW_HEAD[2:], Metric.CHANNELS_REMOVED)  # measured, besides LATENCY_MEASURED
+LATENCY_MEASURED: Final = (Metric.LATENCY_MEDIAN, Metric.LATENCY_IQR)  # the rest of latency_* is its protocol
+RESULT_PARAMS: Final = (Param.SEED, Param.TRAIN_EPOCHS, Param.TRAIN_IMAGES)  # settings, besides budget/*
 _DERIVED = frozenset({Metric.ACC_CHANGE, Metric.PARAMS_REDUCTION, Metric.FLOPS_REDUCTION})
 
 
@@ -297,16 +322,24 @@ class Result:
         return cls(**known, latency=latency, budget=budget)
 
     def metrics(self) -> dict[str, float]:
-        """The numeric fields, as MLflow metrics (``seed`` included, ``run_id`` never)."""
-        row = self.to_row()
-        row.pop("run_id", None)
-        return {k: float(v) for k, v in row.items() if _numeric(v)}
+        """The measurements, as MLflow metrics: accuracies, params, MACs, reductions, channels
+        removed, latency median and IQR (never a setting: ``settings``, ``tags``)."""
+        return {k: float(v) for k, v in self._fields("metric").items()}
 
-    def text_tags(self) -> dict[str, str]:
-        """The text fields as ``bench.<field>`` tags (the method, the latency device, timer and dtype)."""
+    def settings(self) -> dict[str, str]:
+        """The settings, as MLflow params: the seed and the training budget (``train_epochs``,
+        ``train_images``, ``budget/*``), whole numbers written without a fraction ("4", not "4.0")."""
+        return {k: _param_text(v) for k, v in self._fields("param").items()}
+
+    def tags(self) -> dict[str, str]:
+        """The text fields and the latency protocol as ``bench.<field>`` tags: the method, the latency
+        device, timer, dtype, batch size, repeats, ..."""
+        return {result_tag(k): str(v) for k, v in self._fields("tag").items()}
+
+    def _fields(self, kind: str) -> dict[str, Any]:
         row = self.to_row()
         row.pop("run_id", None)
-        return {result_tag(k): str(v) for k, v in row.items() if not _numeric(v)}
+        return {k: v for k, v in row.items() if stored_as(k, v) == kind}
 
 
 _FIELDS = frozenset(ROW_HEAD) - _DERIVED | {Metric.TRAIN_EPOCHS, Metric.TRAIN_IMAGES, Metric.CHANNELS_REMOVED, "run_id"}
@@ -314,3 +347,34 @@ _FIELDS = frozenset(ROW_HEAD) - _DERIVED | {Metric.TRAIN_EPOCHS, Metric.TRAIN_IM
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _param_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def stored_as(key: str, value: Any = 0) -> str:
+    """Where a result field is stored: "param" (settings), "tag" (the latency protocol, text) or
+    "metric" (measurements); ``value`` tells a text field from a number."""
+    if key in RESULT_PARAMS or key.startswith(BUDGET_PREFIX):
+        return "param"
+    if key.startswith(Metric.LATENCY_PREFIX) and key not in LATENCY_MEASURED:
+        return "tag"
+    return "metric" if _numeric(value) else "tag"
+
+
+def stored_number(data: Any, key: str) -> float | None:
+    """A numeric result field of a stored run (``data``: MLflow's ``run.data``, with ``tags``,
+    ``params``, ``metrics``), where this version stores it, else where a version before issue 14
+    did (a metric); None when the run has neither or its text is not a number."""
+    kind = stored_as(key)
+    text = data.params.get(key) if kind == "param" else data.tags.get(result_tag(key)) if kind == "tag" else None
+    number = _to_float(text)
+    return number if number is not None else data.metrics.get(key)
+
+
+def _to_float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None

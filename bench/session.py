@@ -65,7 +65,7 @@ def prepare(cfg: RunConfig, progress: bool = True, tracker: Tracker | None = Non
     """Open the workspace of ``cfg``: create the results dir, decode (or load) the data, pick the
     device, and open the tracking store (``tracker`` reuses an open one, as a sweep worker does)."""
     paths = prepare_results_dir(cfg.results_dir)
-    data = load_data(cfg, paths)
+    data = load_data(cfg, paths, progress)
     runtime = Runtime(
         resolve_device(cfg.device),
         cfg.amp,
@@ -80,8 +80,8 @@ def prepare(cfg: RunConfig, progress: bool = True, tracker: Tracker | None = Non
     return Workspace(paths, data, runtime, tracker)
 
 
-def load_data(cfg: RunConfig, paths: Paths) -> datasets.DatasetSplits:
-    """The run's dataset splits, decoded once into the shared image cache."""
+def load_data(cfg: RunConfig, paths: Paths, progress: bool = True) -> datasets.DatasetSplits:
+    """The run's dataset splits, decoded once into the shared image cache (``progress``: its bars)."""
     d = cfg.data
     return datasets.build(
         d.name,
@@ -92,4 +92,5 @@ def load_data(cfg: RunConfig, paths: Paths) -> datasets.DatasetSplits:
         train_limit=d.train_limit,
         test_limit=d.test_limit,
         download=d.download,
+        progress=progress,
     )

@@ -12,6 +12,7 @@ and an unreachable server (MLflow's client would retry for minutes).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bench.dblock import sqlite_file
 from bench.errors import BenchError, first_line
 from bench.schema import PARENT_TAG
 
@@ -34,7 +36,10 @@ class Store:
     """Read access to one MLflow tracking store; errors a user can cause are ``BenchError``."""
 
     def __init__(self, uri: str, client: MlflowClient) -> None:
-        """Wrap an open client; readers use :meth:`open`, the writer passes its own client."""
+        """Wrap an open client; readers use :meth:`open`, the writer passes its own client. MLflow's
+        download bars are off unless the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``: a bar per
+        small JSON or weight file read back (``bench.load_pruned``, reports) drowns the output."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
         self.client = client
 
@@ -135,12 +140,7 @@ def _folder(name: str) -> str | None:
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI; None for other schemes and in-memory databases."""
-    if not uri.startswith("sqlite:///"):  # also excludes "sqlite://", SQLAlchemy's in-memory form
-        return None
-    raw = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if raw in ("", ":memory:"):
-        return None
-    return Path(raw).expanduser().resolve()
+    return sqlite_file(uri)  # "sqlite://" (no third slash) is SQLAlchemy's in-memory form: None
 
 
 def check_server(uri: str, timeout_s: float = 10.0) -> None:

@@ -113,11 +113,16 @@ def _classifier(model: nn.Module) -> list[nn.Module]:
 
 
 def _depgraph_units(model: nn.Module, input_size: int) -> list[PrunableUnit]:
-    """One unit per dependency group rooted at a conv, named after its root conv."""
+    """One unit per dependency group rooted at a conv, named after its root conv. A group that touches
+    a grouped conv (1 < groups < channels: ResNeXt, RegNet) is not a unit: Torch-Pruning slices a grouped
+    conv correctly only when the same offsets go in every group, and a plan keeps any channels. Depthwise
+    convs (groups == channels) are sliced channel by channel and stay."""
     graph = _depgraph(model, input_size)
     names = {module: name for name, module in model.named_modules()}
     units = []
     for group in graph.get_all_groups(ignored_layers=_classifier(model), root_module_types=[nn.Conv2d]):
+        if any(_grouped(dep.target.module) for dep, _ in group):
+            continue
         members = []
         for dep, _ in group:
             name = names.get(dep.target.module)
@@ -127,6 +132,11 @@ def _depgraph_units(model: nn.Module, input_size: int) -> list[PrunableUnit]:
         root = group[0].dep.target.module
         units.append(PrunableUnit(names[root], root.out_channels, tuple(dict.fromkeys(members))))
     return units
+
+
+def _grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise: its channels can go only group-uniformly."""
+    return isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels
 
 
 def _prune_depgraph(model: nn.Module, plan: PruningPlan, input_size: int) -> None:

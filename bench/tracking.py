@@ -24,6 +24,7 @@ server, which then decides where artifacts go.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -42,6 +43,8 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
+from bench import provenance
+from bench.dblock import schema_lock
 from bench.errors import BenchError, EarlyStop
 from bench.schema import PARENT_TAG, Tag
 from bench.store import ENV_URI, Store, check_server, open_error, quote, sqlite_path
@@ -122,6 +125,18 @@ def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
+@contextmanager
+def quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Records of logger ``name`` below ``level`` hidden for the block (its level restored after)."""
+    log = logging.getLogger(name)
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
 def _check_writable(db: Path, uri: str) -> None:
     """Fail with a one-line hint before MLflow turns an unwritable path into a SQLAlchemy traceback."""
     fix = f"make it writable, or point --tracking-uri (or ${ENV_URI}) at another store"
@@ -143,9 +158,10 @@ _OPEN: dict[str, Tracker] = {}  # run id -> the Tracker that started or reopened
 class Tracker:
     """One MLflow experiment in one store, addressed by explicit run ids.
 
-    Construct it in the parent process before starting workers: creating the experiment also
-    creates the sqlite schema, and concurrent first-time migrations race. Workers then construct
-    their own ``Tracker`` with the same arguments, which only looks the experiment up.
+    Opening the store (MLflow creates and migrates a fresh database's schema on first use) and
+    getting or creating the experiment run under ``bench.dblock.schema_lock``: concurrent
+    first-time migrations race, so any number of processes (``bench run`` commands started at
+    once on a fresh results dir, sweep workers) may construct a ``Tracker`` on the same store.
     """
 
     def __init__(self, uri: str, experiment: str) -> None:
@@ -157,8 +173,10 @@ class Tracker:
         elif uri.startswith(("http://", "https://")):
             check_server(uri)
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            self.experiment_id = self._ensure_experiment(db)
+            # MLflow's INFO lines while it creates a store ("Creating initial MLflow database tables")
+            with schema_lock(uri), quiet_logger("mlflow.store.db.utils"):
+                self.client = MlflowClient(tracking_uri=uri)
+                self.experiment_id = self._ensure_experiment(db)
         except BenchError:
             raise
         except Exception as exc:  # store construction: every failure here is a bad URI or store
@@ -194,13 +212,14 @@ class Tracker:
         key: str,
         tags: Mapping[str, str] | None = None,
     ) -> str:
-        """Start the run for ``key`` under ``parent_id``, or resume its unfinished one.
+        """Start the run for ``key`` under ``parent_id``, or resume its unfinished one; either way the
+        run gets ``tags`` and MLflow's standard source tags (git commit, entry point, user).
 
         An unfinished run (RUNNING, FAILED, KILLED: an invocation that was killed or crashed) with the
         same key and parent is set RUNNING again and returned, so a rerun after a kill never leaves a
         duplicate. A FINISHED run with the key does not block a new run: that is a deliberate repeat.
         """
-        tags = dict(tags or {})
+        tags = {**provenance.source_tags(), **(tags or {})}  # MLflow's source tags on every run
         unfinished = [r for r in self._runs_with_key(key, parent_id) if r.info.status != "FINISHED"]
         if unfinished:
             run = unfinished[0]  # newest first

@@ -9,6 +9,11 @@ completed epoch. The returned model holds the weights of the best-validation epo
 
 Why this module is long: the loop, its optimizer and schedule, the checkpoint/resume of every RNG
 and the evaluation are one protocol; split apart, each piece would need the others' invariants.
+
+A checkpoint holds every random generator the run draws from (Python's ``random``, numpy's, torch's
+CPU and CUDA ones, and the method's ``ctx.generator``); the batch order and augmentation need none,
+being a pure function of (seed, epoch) (``bench.augment``). A resume says what it resumes, and a
+checkpoint that cannot be used says why and is trained over.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import copy
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -33,10 +39,10 @@ from tqdm.auto import tqdm
 
 from bench.api import Context, Method
 from bench.augment import BatchLoader, default_padding
-from bench.checkpoint import atomic_save, load
+from bench.checkpoint import atomic_save, load, note_resume_point
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
-from bench.errors import BenchError
+from bench.errors import BenchError, first_line
 
 
 class DivergedError(RuntimeError):
@@ -294,12 +300,11 @@ def fit(
     last epoch's with ``keep="last"`` (the result's accuracies are the best-val epoch's either way).
     With a method's ``ema_decay``, "weights" are the EMA's parameters: evaluated, selected and kept."""
     model.to(runtime.device, memory_format=runtime.memory_format)
-    optimizer = make_optimizer(model, schedule, method.no_weight_decay(model, ctx) if method is not None else ())
-    decay = method.ema_decay(ctx) if method is not None else None
-    ema = ParamEMA(model, decay) if decay is not None else None
+    parts = _parts(model, schedule, method, ctx)
+    optimizer, ema = parts.optimizer, parts.ema
     loader = train_loader(data, schedule, runtime, seed)
     val_loader, test_loader = eval_loader(data.val, data, runtime), eval_loader(data.test, data, runtime)
-    state = _restore(checkpoint, model, optimizer, method, ema)
+    state = _restore(checkpoint, parts, desc, schedule.epochs)
     if ctx is not None:
         ctx.epochs, ctx.steps_per_epoch, ctx.train_size = schedule.epochs, len(loader), len(data.train)
     bar = _progress_bar(schedule.epochs * len(loader), (state.epoch + 1) * len(loader), desc, runtime)
@@ -312,7 +317,7 @@ def fit(
                 _select(state, model, epoch, stats)
             state.epoch = epoch
             state.result.history.append(stats)
-            _save(checkpoint, state, model, optimizer, method, ema)
+            _save(checkpoint, state, parts, f"{readable(desc)} epoch {epoch + 1}/{schedule.epochs}")
             if runtime.epoch_lines:
                 _summary_line(bar, desc, epoch, schedule.epochs, stats)
             if on_epoch:
@@ -485,36 +490,137 @@ def _summary_line(bar: tqdm, desc: str, epoch: int, epochs: int, s: dict[str, fl
     )
 
 
-def _save(path: Path | None, state: _State, model: nn.Module, optimizer, method: Method | None, ema=None) -> None:
+@dataclass
+class _Parts:
+    """What a checkpoint holds besides the loop's own progress (``_State``): the live weights
+    (which training resumes from), the optimizer, the method's state, the EMA and every RNG."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Method | None = None
+    ema: ParamEMA | None = None
+    ctx: Context | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method_state": self.method.state_dict() if self.method else {},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(self.ctx),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.method is not None:
+            self.method.load_state_dict(saved["method_state"])
+        if self.ema is not None and saved.get("ema") is not None:
+            self.ema.load_state_dict(saved["ema"])
+        set_rng_state(saved["rng"], self.ctx)
+
+
+def _parts(model: nn.Module, schedule: Schedule, method: Method | None, ctx: Context | None) -> _Parts:
+    """The optimizer (the method's no-decay group apart) and the EMA (the method's decay) of ``model``."""
+    optimizer = make_optimizer(model, schedule, method.no_weight_decay(model, ctx) if method is not None else ())
+    decay = method.ema_decay(ctx) if method is not None else None
+    return _Parts(model, optimizer, method, ParamEMA(model, decay) if decay is not None else None, ctx)
+
+
+def _save(path: Path | None, state: _State, parts: _Parts, what: str) -> None:
+    """The checkpoint of the epoch just completed; ``what`` (``"dense seed 0 epoch 2/4"``) is what an
+    interrupted command reports as saved."""
     if path is None:
         return
-    atomic_save(
-        {
-            "epoch": state.epoch,
-            "model": model.state_dict(),  # the live weights, which training resumes from
-            "optimizer": optimizer.state_dict(),
-            "best_state": state.best_state,
-            "result": asdict(state.result),
-            "method_state": method.state_dict() if method else {},
-            "ema": ema.state_dict() if ema is not None else None,
-            "rng": torch.get_rng_state(),
-        },
-        path,
-    )
+    progress = {"epoch": state.epoch, "best_state": state.best_state, "result": asdict(state.result)}
+    atomic_save({**parts.state_dict(), **progress}, path, resume_point=what)
 
 
-def _restore(path: Path | None, model: nn.Module, optimizer, method: Method | None, ema=None) -> _State:
+def _restore(path: Path | None, parts: _Parts, desc: str, epochs: int) -> _State:
+    """Resume from ``path`` when it exists, and say so; a checkpoint that cannot be used (unreadable,
+    or of another model or method state) leaves every part as it was, says why, and the phase
+    starts over."""
     if path is None or not path.exists():
         return _State()
-    saved = load(path)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if method is not None:
-        method.load_state_dict(saved["method_state"])
-    if ema is not None and saved.get("ema") is not None:
-        ema.load_state_dict(saved["ema"])
-    torch.set_rng_state(saved["rng"])
-    return _State(saved["epoch"], FitResult(**saved["result"]), saved["best_state"])
+    before = copy.deepcopy(parts.state_dict())
+    try:
+        saved = load(path)
+        parts.load_state_dict(saved)
+        state = _State(saved["epoch"], FitResult(**saved["result"]), saved["best_state"])
+    except Exception as exc:  # torch.load, pickle, zip, key and size errors alike: nothing to resume
+        parts.load_state_dict(before)
+        why = f"{type(exc).__name__}: {first_line(exc)}"[:300]
+        print(f"warning: {readable(desc)}: cannot resume from {path} ({why}); starting at epoch 1/{epochs}",
+              file=sys.stderr)  # fmt: skip
+        return _State()
+    done = state.epoch + 1
+    note_resume_point(f"{readable(desc)} epoch {done}/{epochs}")
+    tqdm.write(resume_line(desc, done, epochs, path))
+    return state
+
+
+def resume_line(desc: str, done: int, epochs: int, path: Path) -> str:
+    """``dense seed 0: resuming at epoch 3/4 from <path>`` (``done`` epochs were completed before)."""
+    if done >= epochs:
+        return f"{readable(desc)}: all {epochs} epochs already done, restored from {path}"
+    return f"{readable(desc)}: resuming at epoch {done + 1}/{epochs} from {path}"
+
+
+def readable(desc: str) -> str:
+    """A phase's bar label in words for messages: ``dense s0`` -> ``dense seed 0``."""
+    return re.sub(r"\bs(\d+)$", r"seed \1", desc)
+
+
+def rng_state(ctx: Context | None = None) -> dict[str, Any]:
+    """Every generator the loop may draw from, as tensors and plain containers (``weights_only``
+    loads them): Python's, numpy's (its key as an int64 tensor), torch's CPU one, each CUDA
+    device's (an empty list while CUDA is not initialised: the run has not used it) and the
+    method's ``ctx.generator``."""
+    numpy = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+            "pos": int(numpy["state"]["pos"]),
+            "has_gauss": int(numpy["has_gauss"]),
+            "gauss": float(numpy["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "method": ctx.generator.get_state() if ctx is not None else None,
+    }
+
+
+def set_rng_state(saved: dict[str, Any] | torch.Tensor, ctx: Context | None = None) -> None:
+    """Put back what :func:`rng_state` saved. CUDA states go back only onto as many devices as were
+    saved (a warning otherwise: the run goes on, its CUDA draws differ from an uninterrupted one's).
+    A bare tensor is a checkpoint from before every generator was saved: torch's CPU state."""
+    if isinstance(saved, torch.Tensor):
+        torch.set_rng_state(saved)
+        return
+    random.setstate(saved["python"])
+    numpy = saved["numpy"]
+    state = {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]}
+    np.random.set_state({"bit_generator": "MT19937", "state": state, "has_gauss": numpy["has_gauss"],
+                         "gauss": numpy["gauss"]})  # fmt: skip
+    torch.set_rng_state(saved["torch"])
+    _set_cuda_rng_state(saved["cuda"])
+    if ctx is not None and saved.get("method") is not None:
+        ctx.generator.set_state(saved["method"])
+
+
+def _set_cuda_rng_state(states: list[torch.Tensor]) -> None:
+    if not states:
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == len(states):
+        torch.cuda.set_rng_state_all(states)
+        return
+    print(
+        f"warning: the checkpoint holds the CUDA random states of {len(states)} device(s) and this machine "
+        f"has {count}; the run goes on, but its CUDA random draws differ from an uninterrupted run's",
+        file=sys.stderr,
+    )
 
 
 def seconds_per_image(

@@ -22,11 +22,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 DPI = 150
+MIN_HALF_SPAN_PP = 5.0  # the FLOPs axis spans at least +-5 pp: one target must not fill it with 0.1 pp
+
+
+def titled(what: str, title: str) -> str:
+    """What the figure shows, then which runs (the table's title: model, dataset label, group keys)."""
+    return f"{what}\n{title}" if title else what
 
 
 def _finish(fig: Figure, ax, title: str) -> Figure:
     """The title, grid, legend and layout every figure shares."""
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -59,7 +65,21 @@ def accuracy_vs_flops(runs: pd.DataFrame, title: str = "") -> Figure | None:
         ax.axhline(mean, color="grey", ls="--", lw=1, label=f"{name} ({mean:.2f}%)")
     ax.set_xlabel("FLOPs reduction (%, conv+linear MACs)")
     ax.set_ylabel("test accuracy (%)" if trials.empty else "accuracy (%): test for runs, val for trials")
-    return _finish(fig, ax, title or "accuracy against FLOPs reduction")
+    ax.set_xlim(*percent_span(ours["flops_reduction"] * 100))
+    return _finish(fig, ax, titled("accuracy against FLOPs reduction", title))
+
+
+def percent_span(values: pd.Series, half: float = MIN_HALF_SPAN_PP) -> tuple[float, float]:
+    """Axis limits (%) holding every value with a margin, at least ``2 * half`` wide, inside [0, 100]:
+    a narrow spread is centred in a ``2 * half`` window, shifted (not cut) where it meets 0 or 100."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(half - (hi - lo) / 2, 0.05 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    if lo < 0:
+        lo, hi = 0.0, min(100.0, hi - lo)
+    if hi > 100:
+        lo, hi = max(0.0, lo - (hi - 100)), 100.0
+    return lo, hi
 
 
 def pareto_front(x: pd.Series, y: pd.Series):
@@ -95,7 +115,7 @@ def accuracy_vs_latency(runs: pd.DataFrame, title: str = "") -> Figure | None:
     device = _first(timed, "latency_device")
     ax.set_xlabel(f"latency (ms per batch of {batch or '?'}, median, {device or 'device ?'})")
     ax.set_ylabel("test accuracy (%)")
-    return _finish(fig, ax, title or "accuracy against measured latency")
+    return _finish(fig, ax, titled("accuracy against measured latency", title))
 
 
 def _first(frame: pd.DataFrame, column: str) -> Any:
@@ -121,7 +141,7 @@ def channels_per_layer(plans: dict[str, list[dict[str, Any]]], title: str = "") 
     ax.tick_params(axis="x", labelsize=6)
     ax.set_xlabel("prunable layer (unit), forward order")
     ax.set_ylabel("channels remaining")
-    return _finish(fig, ax, title or "remaining channels per layer")
+    return _finish(fig, ax, titled("remaining channels per layer", title))
 
 
 def remaining_channels(rounds: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
@@ -174,7 +194,7 @@ def sparsity_curves(curves: dict[str, dict[str, Any]], title: str = "") -> Figur
     handles, labels = axes[0][0].get_legend_handles_labels()
     axes[0][2].axis("off")
     axes[0][2].legend(handles, labels, fontsize=8, loc="center")
-    fig.suptitle(title or "sparsity of the trained (pre-pruning) models, mean over seeds")
+    fig.suptitle(titled("sparsity of the trained (pre-pruning) models, mean over seeds", title))
     fig.tight_layout()
     return fig
 
@@ -205,7 +225,7 @@ def sparsity_vs_settings(runs: pd.DataFrame, title: str = "") -> Figure | None:
             row[-1].scatter(dense["best_val_acc"] * 100, dense[metric] * 100, marker="*", s=90, color="k")
             row[-1].legend(fontsize=8)
     fig.colorbar(points, ax=axes.ravel().tolist(), label="val accuracy (%)")
-    fig.suptitle(title or "sweep trials: BN-folded sparsity before pruning")
+    fig.suptitle(titled("sweep trials: BN-folded sparsity before pruning", title))
     return fig
 
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from bench.curves import mean_by_method
 from bench.errors import BenchError, unknown_name
 from reports import figures, source
 from reports.reference import load_published
-from reports.tables import Table, build_tables, groups, render, selected_runs
+from reports.tables import Table, build_tables, group_title, groups, render, selected_runs
 
 FORMATS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 ENV_COLUMNS = ["git_sha", "git_dirty", "device", "torch", "cuda", "python", "mlflow"]
@@ -93,30 +95,37 @@ def build_report(request: ReportRequest) -> Report:
 
 
 def make_figures(runs: pd.DataFrame, request: ReportRequest, folder: Path) -> dict[str, list[Path]]:
-    """Every figure the runs hold data for, per group of the table: of the runs the tables count,
-    one line per row of a table (less its target)."""
-    made: dict[str, list[Path]] = {}
-    runs = selected_runs(runs, request.with_trials)
-    columns = [source.group_column(runs, k) for k in request.group_by]
-    for key, group in groups(runs, [c for c in columns if c in runs]):
-        parts = [str(k) for k in key if not pd.isna(k)]
-        suffix, title = "_".join(parts) or "all", " / ".join(parts)
-        candidates = {
-            "accuracy_vs_flops": figures.accuracy_vs_flops(group, title),
-            "accuracy_vs_latency": figures.accuracy_vs_latency(group, title),
-            "sparsity_vs_settings": figures.sparsity_vs_settings(group, title),
-        }
-        if request.export is None and request.tracking_uri is not None:  # artifacts live in MLflow only
-            candidates["channels_per_layer"] = figures.channels_per_layer(
-                _artifacts(group, request, "plans.json"), title
-            )
-            candidates["sparsity_curves"] = figures.sparsity_curves(
-                mean_by_method(_artifacts(group, request, "sparsity.json", every_seed=True)), title
-            )
-        for name, fig in candidates.items():
+    """Every figure of :func:`iter_figures`, saved as PNG and PDF under ``folder`` (and closed)."""
+    return {name: figures.save(fig, folder, name) for name, fig in iter_figures(runs, request)}
+
+
+def iter_figures(runs: pd.DataFrame, request: ReportRequest) -> Iterator[tuple[str, Figure]]:
+    """(file name, figure) for every figure the runs hold data for, per group of the table: of the
+    runs the tables count, one line per row of a table (less its target), titled as the table is.
+    One group's figures at a time: the caller saves (closes) them before the next group's are drawn."""
+    columns = {k: source.group_column(runs, k) for k in request.group_by}  # asked name -> run column
+    columns = {k: c for k, c in columns.items() if c in runs}
+    for key, group in groups(runs, list(columns.values())):
+        group = selected_runs(group, request.with_trials)  # labelled within its table, as the table is
+        suffix = _safe("_".join(str(k) for k in key if not pd.isna(k)) or "all")
+        title = group_title(group, dict(zip(columns, key, strict=True)))
+        for name, fig in _group_figures(group, request, title).items():
             if fig is not None:
-                made[f"{name}_{_safe(suffix)}"] = figures.save(fig, folder, f"{name}_{_safe(suffix)}")
-    return made
+                yield f"{name}_{suffix}", fig
+
+
+def _group_figures(group: pd.DataFrame, request: ReportRequest, title: str) -> dict[str, Figure | None]:
+    candidates = {
+        "accuracy_vs_flops": figures.accuracy_vs_flops(group, title),
+        "accuracy_vs_latency": figures.accuracy_vs_latency(group, title),
+        "sparsity_vs_settings": figures.sparsity_vs_settings(group, title),
+    }
+    if request.export is None and request.tracking_uri is not None:  # artifacts live in MLflow only
+        candidates["channels_per_layer"] = figures.channels_per_layer(_artifacts(group, request, "plans.json"), title)
+        candidates["sparsity_curves"] = figures.sparsity_curves(
+            mean_by_method(_artifacts(group, request, "sparsity.json", every_seed=True)), title
+        )
+    return candidates
 
 
 def _artifacts(group: pd.DataFrame, request: ReportRequest, name: str, every_seed: bool = False) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 One row per finished run of a method or of the dense baseline: what ``bench run`` and ``bench
 sweep`` logged, read back, never recomputed, and never through torch. Older runs that lack the
-per-run identity tags (model, dataset) take them from their parent run.
+per-run identity tags (model, dataset) take them from their parent run. Numeric fields are read
+with ``bench.schema.stored_number``: the settings among them (the training budget, the latency
+batch size) are params and tags since issue 14 and metrics in older stores, and read the same.
 
 The ``protocol`` column is the run's protocol digest (``bench.protocol``: every setting that shaped
 the result except the seed); each setting is a column ``protocol.<key>`` (``protocol.dense.epochs``),
@@ -22,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from bench.errors import BenchError, closest
-from bench.schema import PARENT_TAG, Env, Metric, Param, Tag, is_sparsity_metric
+from bench.schema import PARENT_TAG, Env, Metric, Param, Tag, is_sparsity_metric, stored_number
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from bench.store import Store
 
-METRICS = [  # the result metrics a report reads, in column order
+METRICS = [  # the numeric result fields a report reads, in column order (``stored_number``: metric, param or tag)
     Metric.TEST_ACC,
     Metric.BEST_VAL_ACC,
     Metric.PARAMS,
@@ -58,7 +60,7 @@ TAGS = {  # column -> tag
     "study": Tag.STUDY,
     "trial": Tag.TRIAL,
     "config_hash": Tag.CONFIG_HASH,  # on the parent run
-    "latency_batch_size": Tag.LATENCY_BATCH_SIZE,  # older writers; bench run logs the metric (read first)
+    "latency_batch_size": Tag.LATENCY_BATCH_SIZE,  # read as a number (``_row``): the tag, else an old metric
     "latency_device": Tag.LATENCY_DEVICE,
     "git_sha": Env.GIT_SHA,
     "git_dirty": Env.GIT_DIRTY,
@@ -129,9 +131,8 @@ def _row(run, parent_tags: dict[str, str]) -> dict[str, Any]:
     for column, tag in TAGS.items():
         row[column] = tags.get(tag, parent_tags.get(tag))
     row["protocol"] = tags.get(Tag.PROTOCOL)  # the run's own: a parent's would describe other runs
-    for metric in METRICS:
-        row[metric] = metrics.get(metric)
-    row["latency_batch_size"] = metrics.get(Metric.LATENCY_BATCH_SIZE, row["latency_batch_size"])
+    for key in [*METRICS, Metric.LATENCY_BATCH_SIZE]:  # settings: params and tags now, metrics in old stores
+        row[key] = stored_number(run.data, key)
     row.update({k: v for k, v in params.items() if k.startswith(SETTING)})
     row.update({k: v for k, v in metrics.items() if is_sparsity_metric(k)})
     if row["prune_rule"] is None and Param.TARGET_FLOPS in params:  # runs before the identity tags

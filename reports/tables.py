@@ -34,6 +34,7 @@ __all__ = [
     "build_tables",
     "comparison_table",
     "format_table",
+    "group_title",
     "groups",
     "latex_escape",
     "render",
@@ -117,7 +118,7 @@ def _table(group: pd.DataFrame, key: dict[str, Any], asked: _Asked) -> Table:
     rows = partition(group)
     records = _records(rows)
     columns = shown(needed(records))
-    table = Table(_title(group, key), [c.header for c in columns], [], [], [])
+    table = Table(group_title(group, key), [c.header for c in columns], [], [], [])
     for record in _interleaved(records, _published(asked.reference, key)):
         _append(table, record, columns)
     _mark_best(table)
@@ -157,7 +158,9 @@ def _last_match(records: list[Record], published: pd.DataFrame) -> dict[int, int
     return last
 
 
-def _title(group: pd.DataFrame, key: dict[str, Any]) -> str:
+def group_title(group: pd.DataFrame, key: dict[str, Any]) -> str:
+    """ "resnet20 on CIFAR-10 (JPEG copy) (target 0.5)": the model, the dataset as the runs label it
+    (their ``data_label``, else the dataset's name) and any other group key; tables and figures share it."""
     label = (
         group["data_label"].dropna().iloc[0] if "data_label" in group and group["data_label"].notna().any() else None
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -116,6 +117,42 @@ def test_score_count_mismatch_raises(resnet56) -> None:
     bad = {**scores, units[0].name: torch.ones(3)}
     with pytest.raises(BenchError, match="3 scores for 16 channels"):
         by_flops_target(units, bad, cost, 0.2)
+
+
+# --- scores as the harness takes them (bench.allocation.as_scores) ------------------------------
+
+
+def test_scores_attached_to_autograd_are_detached_without_a_warning() -> None:
+    """A plugin may return ``weight.abs().mean(...)`` as computed; allocation used to call float() on
+    it element by element (a UserWarning per run, bench/allocation.py:167 in issue 14)."""
+    units = [chain_unit("a", 4, None, ()), chain_unit("b", 3, None, ())]
+    weight = torch.tensor([[0.1, 0.9, 0.5, 0.7]], requires_grad=True)
+    scores = {"a": weight.abs().mean(0), "b": torch.tensor([1, 2, 3], dtype=torch.float64, requires_grad=True)}
+    clean = allocation.as_scores(units, scores)
+    assert all(not s.requires_grad and s.dtype == torch.float32 and s.device.type == "cpu" for s in clean.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert by_channel_fraction(units, scores, 3 / 7) == {"a": 1, "b": 3}  # the 3 lowest are all in a
+        assert plan_from_counts("m", units, scores, {"a": 2, "b": 3}, "direct").keep == {"a": (1, 3)}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"a": torch.ones(4)}, "importance has no scores for unit 'b'"),
+        ({"a": torch.ones(4), "b": torch.ones(2)}, "importance of 'b' has 2 scores for 3 channels"),
+        ({"a": torch.ones(4), "b": torch.ones(3, 1)}, r"importance of 'b' has shape \(3, 1\); expected \(3,\)"),
+        ({"a": torch.tensor([1.0, math.nan, 1.0, math.inf]), "b": torch.ones(3)}, "'a' has 2 non-finite scores"),
+        ({"a": [1.0, 2.0, 3.0, 4.0], "b": torch.ones(3)}, "importance of 'a' is a list, not a torch.Tensor"),
+    ],
+    ids=["missing-unit", "count", "shape", "non-finite", "not-a-tensor"],
+)
+def test_bad_scores_are_a_bench_error_naming_the_unit(bad: dict, message: str) -> None:
+    units = [chain_unit("a", 4, None, ()), chain_unit("b", 3, None, ())]
+    with pytest.raises(BenchError, match=message):
+        allocation.as_scores(units, bad)
+    with pytest.raises(BenchError, match=message):  # every rule goes through it
+        by_channel_fraction(units, bad, 0.5)
 
 
 # --- by_channel_fraction: one global threshold ---------------------------------------------------

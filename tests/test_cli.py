@@ -71,7 +71,9 @@ def run_args(tmp_path: Path, *extra: str) -> list[str]:
 # --- help and listings ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["list"], ["profile"], ["run"], ["speed"]], ids=lambda c: c[0] if c else "top")
+@pytest.mark.parametrize(
+    "command", [[], ["list"], ["profile"], ["run"], ["speed"], ["clean"]], ids=lambda c: c[0] if c else "top"
+)
 def test_help_exits_0_with_examples(command: list[str], tmp_path: Path) -> None:
     result = bench(*command, "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -95,7 +97,8 @@ def test_list(what: str, names: list[str], tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     for name in names:
         assert any(line.startswith(name + " ") for line in lines), f"{name!r} not listed:\n{result.stdout}"
-    assert all(len(line.split(maxsplit=1)) == 2 for line in lines if line.strip()), "every entry has a description"
+    entries = [line for line in lines if line.strip() and not line.startswith(" ")]  # the rest: wrapped text
+    assert all(len(line.split(maxsplit=1)) == 2 for line in entries), "every entry has a description"
     assert "Traceback" not in result.stderr
 
 
@@ -143,12 +146,17 @@ def test_profile_resnet56_l1a_json(resnet56_l1a: dict) -> None:
     assert report["pruned"]["macs"] < report["dense"]["macs"]
 
 
-def test_profile_latency_json(resnet56_l1a: dict) -> None:
-    latency = resnet56_l1a["latency"]
-    assert {"median_ms", "iqr_ms", "batch_size", "device", "threads"} <= set(latency)
-    assert latency["median_ms"] > 0 and latency["iqr_ms"] >= 0
-    assert latency["batch_size"] == 4 and latency["device"] == "cpu" and latency["threads"] >= 1
-    assert latency["repeats"] == 3
+def test_profile_latency_json_has_dense_pruned_and_the_speedup(resnet56_l1a: dict) -> None:
+    (latency,) = resnet56_l1a["latency"]  # one entry per batch size
+    assert latency["batch_size"] == 4
+    dense, pruned = latency["dense"], latency["pruned"]
+    assert pruned["plan"] == "l1-a"
+    for measured in (dense, pruned):
+        assert {"median_ms", "iqr_ms", "batch_size", "device", "threads"} <= set(measured)
+        assert measured["median_ms"] > 0 and measured["iqr_ms"] >= 0
+        assert measured["batch_size"] == 4 and measured["device"] == "cpu" and measured["threads"] >= 1
+        assert measured["repeats"] == 3 and measured["rounds"] == 3  # timed side by side, interleaved
+    assert latency["speedup"] == pytest.approx(dense["median_ms"] / pruned["median_ms"])
 
 
 def test_profile_vgg16_l1a_json(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@ violation is named by file, line and import even when the module would not impor
 
 - a plugin in ``methods/`` imports only the public plugin surface ``bench.api``, ``bench.errors``,
   torch and the standard library, and never another plugin;
-- the ``bench/`` core never imports ``reports`` or a plugin (``methods``); only the CLI package
-  ``bench/cli/`` presents results and may import ``reports``;
+- the ``bench/`` core never imports ``reports`` or a plugin (``methods``); only the presentation layer
+  (the CLI package ``bench/cli/`` and the Python API ``bench/notebook.py``) presents results and may
+  import ``reports``;
 - ``reports/`` never loads torch, neither directly nor through a bench module it imports (checked on
   the syntax trees, and by importing the report modules in a fresh interpreter).
 """
@@ -124,10 +125,16 @@ def test_a_plugin_imports_only_bench_api_bench_errors_torch_and_stdlib(path: Pat
 # --- (b) the core imports neither reports nor a plugin ---------------------------------------------
 
 
+PRESENTATION = ("bench.cli", "bench.notebook")  # the CLI package, and the Python API for notebooks
+
+
+def is_presentation(name: str) -> bool:
+    return any(name == top or name.startswith(f"{top}.") for top in PRESENTATION)
+
+
 def core_files() -> Iterator[Path]:
     for path in py_files("bench"):
-        name = module_name(path)
-        if name != "bench.cli" and not name.startswith("bench.cli."):
+        if not is_presentation(module_name(path)):
             yield path
 
 
@@ -139,8 +146,8 @@ def test_b_bench_core_imports_neither_reports_nor_methods() -> None:
         if i.module.split(".")[0] in ("reports", "methods")
     ]
     assert not bad, (
-        "bench/ may not import reports or a plugin; only the CLI package bench/cli/ presents results:\n"
-        + "\n".join(bad)
+        "bench/ may not import reports or a plugin; only the CLI package bench/cli/ and the Python API "
+        "bench/notebook.py present results:\n" + "\n".join(bad)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,10 @@ def test_run_prints_plan_estimate_and_table(smoke_run):
     out = proc.stdout
     assert "plan: resnet20 on CIFAR-10 (JPEG copy)" in out and "estimated" in out  # never "CIFAR-10" alone
     assert out.index("plan:") < out.index("epoch 1/")  # the plan comes before any work
+    # the header names the preset, the pruning rule with its value and the device; the ETA says where
+    assert "\n  preset smoke; pruning rule: target FLOPs reduction 50%; device cpu\n" in out
+    assert re.search(r"-> estimated \d+ (s|min) on cpu ", out)
+    assert not re.search(r"^  about .* on cpu; ", out, re.MULTILINE)  # under an hour: no preset suggested
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| method | n | epochs | base acc (%) | test acc (%)")
     rows = [[cell.strip() for cell in row.split("|")[1:4]] for row in table[1:]]
@@ -95,6 +100,34 @@ def test_runs_are_in_mlflow_with_config_metrics_and_artifacts(smoke_run):
     slim_sparsity = client.get_metric_history(children["slim"].info.run_id, "sparsity/train_loss")
     assert len(slim_sparsity) == 2  # sparsity training reuses the dense schedule (2 epochs)
     assert children["slim"].data.params["method_config.lam"] == "1e-05"  # resolved default for ResNets
+
+
+CHILD_LINE = re.compile(r"^  (\S+) seed (\d+): run ([0-9a-f]{32}), artifacts (.+)$", re.MULTILINE)
+
+
+def test_run_prints_each_child_run_and_where_its_model_is(smoke_run):
+    work, _, proc = smoke_run
+    client = _client(work / "results")
+    parent_id = re.search(r"MLflow: parent run ([0-9a-f]{32})", proc.stdout)[1]
+    printed = CHILD_LINE.findall(proc.stdout)
+    assert [(method, seed) for method, seed, _, _ in printed] == [("dense", "0"), ("l1", "0"), ("slim", "0")]
+    for method, _, run_id, location in printed:
+        run = client.get_run(run_id)  # the printed id is a run of the store, a child of the parent
+        assert run.data.tags["mlflow.parentRunId"] == parent_id and run.data.tags["bench.method"] == method
+        assert (Path(location) / "model.pt").is_file()  # the printed location is a local folder
+        if method != "dense":
+            assert (Path(location) / "plans.json").is_file()
+
+
+def test_a_finished_run_leaves_no_resume_checkpoints(smoke_run):
+    work, _, _ = smoke_run
+    results = work / "results"
+    assert list(results.rglob("*.ckpt")) == [] and list(results.rglob("r*-done.pt")) == []
+    for name in ("l1", "slim"):  # what a rerun and the scratch control read back stays
+        finished = next((results / "runs").glob(f"*/{name}-s0"))
+        assert {f.name for f in finished.iterdir()} == {"result.json", "plans.json", "model.pt"}
+    baseline = next((results / "baselines").iterdir())
+    assert {"model.pt", "meta.json"} <= {f.name for f in baseline.iterdir()}
 
 
 def test_sparsity_curves_are_stored_and_printed_beside_the_dense_baseline(smoke_run):
@@ -152,7 +185,7 @@ def test_second_run_reuses_the_baseline_and_measures_latency(smoke_run):
     measured = [r for r in runs if "latency_median_ms" in r.data.metrics]
     assert {r.data.tags["bench.method"] for r in measured} == {"dense", "l1"}
     for run in measured:  # the protocol is stored with every measured run
-        assert run.data.metrics["latency_batch_size"] == 8 and run.data.metrics["latency_repeats"] > 0
+        assert run.data.tags["bench.latency_batch_size"] == "8" and int(run.data.tags["bench.latency_repeats"]) > 0
         assert run.data.tags["bench.latency_device"] == "cpu" and run.data.tags["bench.latency_timer"] == "perf_counter"
 
 
@@ -204,6 +237,50 @@ def test_killed_during_a_method_resumes_its_phase(tmp_path, cifar_root, dataset_
     assert "dense s0 epoch" not in again.stdout  # the cached baseline is reused
     assert _first_epoch_line(again.stdout, "l1 fine-tune s0 epoch") >= epoch + 2
     _assert_one_finished_run_each(tmp_path / "results", {"dense", "l1"})
+
+
+def test_a_rerun_reuses_the_finished_method_whose_checkpoints_are_gone(tmp_path, cifar_root, dataset_cache):
+    """l1 finishes (its checkpoints deleted), slim is killed mid-sparsity; the rerun reads l1 back."""
+    env = _env(cifar_root, dataset_cache)
+    results = tmp_path / "results"
+    args = ["run", "--methods", "l1,slim", *SMOKE, "--results-dir", str(results)]
+    _kill_when_checkpointed(args, tmp_path, env, "runs/*/slim-s0/r0-sparsity.ckpt", at_least=1)
+    l1 = next((results / "runs").glob("*/l1-s0"))
+    assert {f.name for f in l1.iterdir()} == {"result.json", "plans.json", "model.pt"}
+    assert list(results.glob("baselines/*/*.ckpt")) == [] and list(results.glob("baselines/*/model.pt"))
+    l1_run = json.loads((l1 / "result.json").read_text())["run_id"]
+    again = bench(args, tmp_path, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "l1 seed 0: already finished in this run, skipping" in again.stdout
+    assert "reusing cached baseline" in again.stdout and "l1 fine-tune" not in again.stdout
+    assert ("l1", "0", l1_run) in [line[:3] for line in CHILD_LINE.findall(again.stdout)]
+    assert list(results.rglob("*.ckpt")) == [] and list(results.rglob("r*-done.pt")) == []
+    _assert_one_finished_run_each(results, {"dense", "l1", "slim"})
+
+
+def test_the_literal_usage_line_names_its_default_preset_and_a_preset_that_fits(tmp_path, cifar_root, dataset_cache):
+    """`run --methods ffr,l1 --model resnet56` means the quick preset: the plan says so and, being
+    hours on CPU, names the largest preset estimated under an hour. Killed once the plan is out."""
+    env = {**_env(cifar_root, dataset_cache), "PYTHONUNBUFFERED": "1"}
+    args = ["run", "--methods", "ffr,l1", "--model", "resnet56", "--seeds", "0,1,2,3,4", "--set", "device=cpu"]
+    cmd = [sys.executable, "-m", "bench", *args, "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("  total per seed"):
+                lines.append(proc.stdout.readline().rstrip("\n"))  # the suggestion, printed with the plan
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    header = "  preset quick (the default: no --preset given); pruning rule: target FLOPs reduction 50%; device cpu"
+    assert header in lines
+    eta = re.search(r"-> estimated ([\d.]+) h on cpu", lines[-2])
+    assert eta and float(eta[1]) > 1, lines[-2]  # 5 seeds of resnet56 on the quick preset: hours on any CPU
+    fits = rf"  about {eta[1]} h on cpu; --preset smoke takes ~[\d.]+ (s|min) \(the largest preset under an hour\)"
+    assert re.fullmatch(fits, lines[-1]), lines[-1]  # quick is what does not fit; paper is longer still
 
 
 def _wait_for_checkpoint_epoch(

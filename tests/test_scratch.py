@@ -14,6 +14,7 @@ from bench.config import from_dict
 from bench.errors import BenchError
 from bench.models import create
 from bench.pruning import replay
+from bench.schema import stored_number
 from bench.testing import run_pipeline
 from methods.l1 import L1Norm
 
@@ -98,10 +99,10 @@ def test_scratch_trains_the_same_runs_l1_architecture_then_one_named_by_run_id(
         assert row.data.metrics["macs"] == l1.data.metrics["macs"]
         assert row.data.metrics["params"] == l1.data.metrics["params"]
         assert row.data.params["train_schedule.lr"] == "0.05"  # the smoke preset's dense recipe
-    assert l1.data.metrics["train_epochs"] == 3  # smoke: 2 dense epochs + 1 fine-tune epoch
-    assert e_row.data.metrics["train_epochs"] == 2  # Scratch-E: the dense model's epochs
+    assert stored_number(l1.data, "train_epochs") == 3  # smoke: 2 dense epochs + 1 fine-tune epoch
+    assert stored_number(e_row.data, "train_epochs") == 2  # Scratch-E: the dense model's epochs
     expected = round(2 * l1.data.metrics["dense_macs"] / l1.data.metrics["macs"])  # Scratch-B: same compute
-    assert b_row.data.metrics["train_epochs"] == expected
+    assert stored_number(b_row.data, "train_epochs") == expected
     assert len(client.get_metric_history(b_row.info.run_id, "train/val_acc")) == expected
     assert e_row.data.tags["bench.protocol"] != b_row.data.tags["bench.protocol"]
 
@@ -112,7 +113,7 @@ def test_scratch_trains_the_same_runs_l1_architecture_then_one_named_by_run_id(
     _, children = _children(results)
     newest = next(r for r in children if r.data.tags["bench.method"] == "scratch-pipeline")
     assert newest.data.tags["bench.plan_source_run"] == l1.info.run_id
-    assert newest.data.metrics["train_epochs"] == 3  # the source's whole pipeline
+    assert stored_number(newest.data, "train_epochs") == 3  # the source's whole pipeline
     assert newest.data.metrics["macs"] == l1.data.metrics["macs"]
 
 
@@ -125,13 +126,13 @@ def test_a_matched_budget_gives_every_method_the_same_total(tmp_path, cifar_root
     assert "matched to --budget 4" in proc.stdout
     _, children = _children(results)
     by_method = {r.data.tags["bench.method"]: r for r in children}
-    totals = {m: by_method[m].data.metrics["train_epochs"] for m in ("l1", "slim", "scratch-E")}
+    totals = {m: stored_number(by_method[m].data, "train_epochs") for m in ("l1", "slim", "scratch-E")}
     assert totals == {"l1": 4, "slim": 4, "scratch-E": 4}
-    slim = by_method["slim"].data.metrics  # smoke: sparsity 2 (the dense recipe) : fine-tune 1, scaled to 4
-    assert (slim["budget/sparsity_epochs"], slim["budget/finetune_epochs"]) == (3, 1)
-    l1 = by_method["l1"].data.metrics
-    assert (l1["budget/dense_epochs"], l1["budget/finetune_epochs"]) == (2, 2)
-    assert l1["train_images"] == 4 * l1["budget/dense_images"] / 2
+    slim = by_method["slim"].data  # smoke: sparsity 2 (the dense recipe) : fine-tune 1, scaled to 4
+    assert (stored_number(slim, "budget/sparsity_epochs"), stored_number(slim, "budget/finetune_epochs")) == (3, 1)
+    l1 = by_method["l1"].data
+    assert (stored_number(l1, "budget/dense_epochs"), stored_number(l1, "budget/finetune_epochs")) == (2, 2)
+    assert stored_number(l1, "train_images") == 4 * stored_number(l1, "budget/dense_images") / 2
     assert by_method["l1"].data.params["protocol.budget"] == "4"
 
 

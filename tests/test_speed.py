@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from bench.benchmarks.speed import format_speed, speed
+from bench.benchmarks.speed import speed
+from bench.benchmarks.speed_text import format_speed
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +134,6 @@ def test_speed_cli_json(cifar_root, dataset_cache, tmp_path):
     report = json.loads(proc.stdout)
     assert set(report["train_step"]) >= TRAIN_FIELDS and set(report["data_pipeline"]) >= DATA_FIELDS
     assert set(report["ffr_overhead"]) >= FFR_FIELDS and report["ffr_overhead"]["model"] == "resnet20"
+    sections = {"train_step", "data_pipeline", "latency", "ffr_overhead"}
+    assert set(report["seconds"]) == set(report["estimated_seconds"]) == sections  # measured and estimated
+    assert "(a) training step" in proc.stderr and "(d) FFR overhead" in proc.stderr  # the text, as it came

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from bench import store as store_module
 from bench.errors import BenchError
 from bench.provenance import environment
-from bench.schema import Result
+from bench.schema import Result, Source, stored_number
 from bench.store import Store
 from bench.tracking import (
     ARTIFACT_DIR,
@@ -273,6 +273,7 @@ def test_parent_tag_is_mlflows_own() -> None:
 def test_result_row_round_trip_and_logged_fields() -> None:
     latency = {"median_ms": 1.5, "iqr_ms": 0.1, "batch_size": 8, "device": "cpu", "timer": "perf_counter"}
     result = Result("l1", 0, 0.9, 0.91, 100, 200, 0.92, 150, 400, train_epochs=5, latency=latency, run_id="r")
+    budgeted = dataclasses.replace(result, budget={"budget/dense_epochs": 2.0, "budget/finetune_epochs": 3.0})
     row = result.to_row()
     assert list(row) == [
         "method", "seed", "test_acc", "best_val_acc", "params", "macs", "dense_test_acc", "dense_params",
@@ -285,11 +286,84 @@ def test_result_row_round_trip_and_logged_fields() -> None:
     assert Result.from_row(row) == result and Result.from_row(row).to_row() == row
     dense = Result("dense", 1, 0.92, 0.93, 150, 400, 0.92, 150, 400)
     assert list(dense.to_row())[-1] == "flops_reduction" and Result.from_row(dense.to_row()) == dense
-    assert result.text_tags() == {
-        "bench.method": "l1", "bench.latency_device": "cpu", "bench.latency_timer": "perf_counter"
+    # measurements are metrics; settings (seed, budget) params; the latency protocol and text tags
+    assert result.tags() == {
+        "bench.method": "l1", "bench.latency_device": "cpu", "bench.latency_timer": "perf_counter",
+        "bench.latency_batch_size": "8",
     }  # fmt: skip
-    assert set(result.metrics()) == set(row) - {"method", "run_id", "latency_device", "latency_timer"}
+    assert budgeted.settings() == {
+        "seed": "0", "train_epochs": "5", "budget/dense_epochs": "2", "budget/finetune_epochs": "3"
+    }  # fmt: skip
+    settings = {"method", "run_id", "seed", "train_epochs", "latency_device", "latency_timer", "latency_batch_size"}
+    assert set(budgeted.metrics()) == set(row) - settings
     assert all(isinstance(v, float) for v in result.metrics().values())
+
+
+def test_results_read_back_alike_from_this_layout_and_the_one_before(
+    store: tuple[Path, str], request: pytest.FixtureRequest
+) -> None:
+    """Measurements are metrics, settings params, the latency protocol tags; a report reads a run
+    logged so exactly as one logged before issue 14 (every number a metric)."""
+    from reports.source import load_mlflow
+
+    latency = {
+        "median_ms": 1.5,
+        "iqr_ms": 0.1,
+        "batch_size": 8,
+        "repeats": 30,
+        "device": "cpu",
+        "timer": "perf_counter",
+    }
+    budget = {"budget/dense_epochs": 2.0, "budget/finetune_epochs": 3.0}
+    result = Result("l1", 3, 0.9, 0.91, 100, 200, 0.92, 150, 400, 5, 250, budget, 0.25, latency)
+    tracker = _tracker(store, request)
+    identity = {"bench.model": "resnet20", "bench.dataset": "cifar10", "bench.seed": "3"}
+    new, old = (tracker.start_run(name, key=name, tags=identity) for name in ("new", "old"))
+    tracker.log_metrics(new, result.metrics())
+    tracker.log_params(new, result.settings())
+    tracker.set_tags(new, result.tags())
+    row = result.to_row()
+    tracker.log_metrics(old, {k: float(v) for k, v in row.items() if isinstance(v, int | float)})  # the old layout
+    tracker.set_tags(old, {f"bench.{k}": v for k, v in row.items() if isinstance(v, str)})
+    for run_id in (new, old):
+        tracker.end_run(run_id)
+
+    client = MlflowClient(tracking_uri=store[1])
+    stored = client.get_run(new).data
+    settings = {"seed", "train_epochs", "train_images", "latency_batch_size", "latency_repeats", *budget}
+    assert not settings & set(stored.metrics) and {"test_acc", "latency_median_ms", "channels_removed"} <= set(
+        stored.metrics
+    )
+    assert stored.params["train_epochs"] == "5" and stored.params["budget/finetune_epochs"] == "3"
+    assert stored.tags["bench.latency_repeats"] == "30" and stored.tags["bench.latency_batch_size"] == "8"
+    for key in (*settings, "test_acc", "latency_median_ms"):
+        assert stored_number(stored, key) == stored_number(client.get_run(old).data, key) == pytest.approx(row[key])
+    frame = load_mlflow(store[1], experiment=request.node.name).set_index("run_id")
+    columns = ["seed", "test_acc", "macs", "train_epochs", "train_images", "channels_removed", "latency_median_ms"]
+    assert (
+        frame.loc[new, [*columns, "latency_batch_size"]].tolist()
+        == frame.loc[old, [*columns, "latency_batch_size"]].tolist()
+    )
+    assert frame.loc[new, "train_epochs"] == 5 and frame.loc[new, "latency_batch_size"] == 8
+
+
+def test_every_run_carries_mlflows_source_tags(store: tuple[Path, str], request: pytest.FixtureRequest) -> None:
+    from mlflow.utils import mlflow_tags
+
+    names = (mlflow_tags.MLFLOW_GIT_COMMIT, mlflow_tags.MLFLOW_SOURCE_NAME, mlflow_tags.MLFLOW_SOURCE_TYPE)
+    assert (*names, mlflow_tags.MLFLOW_USER) == (Source.GIT_COMMIT, Source.NAME, Source.TYPE, Source.USER)
+    tracker = _tracker(store, request)
+    parent = tracker.start_run("parent", key="parent")
+    child = tracker.start_run("child", parent_id=parent, key="child", tags={"bench.method": "l1"})
+    tracker.end_run(child, "KILLED")
+    assert tracker.start_run("child", parent_id=parent, key="child") == child  # resumed: tagged again
+    client = MlflowClient(tracking_uri=store[1])
+    sha = environment()["env.git_sha"]
+    for run_id in (parent, child):
+        tags = client.get_run(run_id).data.tags
+        assert tags[Source.TYPE] == "LOCAL" and tags[Source.NAME] and tags[Source.USER]
+        assert tags.get(Source.GIT_COMMIT, "unknown") == sha  # the commit of this checkout (none outside git)
+    assert client.get_run(child).data.tags["bench.method"] == "l1"
 
 
 # ------------------------------------------------------------------------------------ provenance

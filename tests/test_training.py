@@ -304,3 +304,122 @@ def test_without_hooks_there_is_one_parameter_group_and_no_average():
     two = make_optimizer(model, Schedule(weight_decay=1e-4), {"0.weight", "3.weight"})
     assert [len(g["params"]) for g in two.param_groups] == [len(list(model.parameters())) - 2, 2]
     assert two.param_groups[1]["weight_decay"] == 0.0
+
+
+# --- checkpoints: every generator, what a resume says, a checkpoint that cannot be used -----------
+
+
+def _noisy_method():
+    """A method whose every step draws from each generator a run may use: Python's, numpy's, torch's
+    and the method's ``ctx.generator``; a resume that restored any of them wrongly ends elsewhere."""
+    import random
+
+    import numpy as np
+
+    from bench.api import Method
+
+    class Noisy(Method):
+        name = "noisy"
+
+        def after_step(self, model, ctx):
+            draws = random.random() + np.random.rand() + torch.rand(()) + torch.rand((), generator=ctx.generator)
+            with torch.no_grad():
+                next(model.parameters()).add_(1e-3 * draws)
+
+        def importance(self, model, ctx):
+            return {}
+
+    return Noisy()
+
+
+def _noisy_fit(data, path, on_epoch=None):
+    """Each call is a new process would be: every generator seeded afresh, a fresh model."""
+    seed_everything(3)
+    model = _small_net()
+    fit(model, data, Schedule(epochs=2, batch_size=256, lr=0.05), CPU, seed=3, method=_noisy_method(), ctx=_ctx(),
+        checkpoint=path, on_epoch=on_epoch, keep="last")  # fmt: skip
+    return model
+
+
+def test_resume_restores_every_generator_and_says_what_it_resumes(small_cifar, one_thread, tmp_path, capsys):
+    from bench import checkpoint
+
+    straight = _noisy_fit(small_cifar, tmp_path / "a.ckpt")
+
+    class Killed(Exception):
+        pass
+
+    def stop(epoch, _stats):
+        raise Killed
+
+    with pytest.raises(Killed):
+        _noisy_fit(small_cifar, tmp_path / "b.ckpt", on_epoch=stop)  # killed after epoch 1 of 2
+    capsys.readouterr()
+    resumed = _noisy_fit(small_cifar, tmp_path / "b.ckpt")
+    assert f"train: resuming at epoch 2/2 from {tmp_path / 'b.ckpt'}" in capsys.readouterr().out
+    assert checkpoint.last_resume_point() == "train epoch 2/2"  # saved by the resumed epoch
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    _noisy_fit(small_cifar, tmp_path / "b.ckpt")  # a finished phase's checkpoint: nothing left to train
+    assert f"train: all 2 epochs already done, restored from {tmp_path / 'b.ckpt'}" in capsys.readouterr().out
+
+
+def test_the_rng_state_holds_every_generator_and_loads_with_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    from bench.checkpoint import atomic_save, load
+    from bench.training import rng_state, set_rng_state
+
+    ctx = _ctx()
+    saved = rng_state(ctx)
+    assert set(saved) == {"python", "numpy", "torch", "cuda", "method"}
+    assert isinstance(saved["cuda"], list)  # one state per CUDA device; empty while CUDA is unused
+    atomic_save({"rng": saved}, tmp_path / "rng.ckpt")
+    first = (random.random(), np.random.rand(), torch.rand(3), torch.rand(3, generator=ctx.generator))
+    set_rng_state(load(tmp_path / "rng.ckpt")["rng"], ctx)
+    second = (random.random(), np.random.rand(), torch.rand(3), torch.rand(3, generator=ctx.generator))
+    assert first[:2] == second[:2]
+    assert torch.equal(first[2], second[2]) and torch.equal(first[3], second[3])
+    before = torch.get_rng_state()  # a checkpoint from before: torch's CPU state alone
+    torch.rand(3)
+    set_rng_state(before)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "another model"])
+def test_a_checkpoint_that_cannot_be_used_is_said_and_the_phase_starts_over(small_cifar, one_thread, tmp_path, kind,
+                                                                          capsys):  # fmt: skip
+    schedule = Schedule(epochs=1, batch_size=256, lr=0.05)
+    ckpt = tmp_path / "train.ckpt"
+    if kind == "garbage":
+        ckpt.write_bytes(b"not a checkpoint")
+    else:  # another net's weights: loading them fails at the classifier, after the convs were copied
+        other = {k: v * 2 if v.is_floating_point() else v for k, v in _small_net().state_dict().items()}
+        other.update({"8.weight": torch.zeros(5, 8), "8.bias": torch.zeros(5)})
+        torch.save({"epoch": 0, "model": other, "optimizer": {}, "result": {}, "best_state": None,
+                    "method_state": {}, "ema": None, "rng": torch.get_rng_state()}, ckpt)  # fmt: skip
+    seed_everything(0)
+    fresh = _small_net()
+    fit(fresh, small_cifar, schedule, CPU, seed=0)
+    seed_everything(0)
+    model = _small_net()
+    result = fit(model, small_cifar, schedule, CPU, seed=0, checkpoint=ckpt, desc="dense s0")
+    err = capsys.readouterr().err
+    assert f"warning: dense seed 0: cannot resume from {ckpt} (" in err and "starting at epoch 1/1" in err
+    assert len(result.history) == 1
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{name}: the unusable checkpoint changed the run"
+
+
+@pytest.mark.gpu
+def test_the_cuda_generators_are_saved_and_restored():
+    from bench.training import rng_state, set_rng_state
+
+    torch.cuda.init()
+    saved = rng_state()
+    assert len(saved["cuda"]) == torch.cuda.device_count()
+    first = torch.rand(8, device="cuda")
+    set_rng_state(saved)
+    assert torch.equal(torch.rand(8, device="cuda"), first)

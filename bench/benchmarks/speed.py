@@ -8,13 +8,11 @@
     (one PIL image and per-image RandomCrop/Flip/ToTensor/Normalize per item), ``num_workers``
     processes, batches copied to the device each step; same model, batch, precision and format
     (GPU target: ours >= 4x its images/s).
+(b) Data pipeline: our batched uint8 augmentation against DataLoader pipelines with per-image
+    transforms, in images/s (target >= 10x): see ``bench.benchmarks.data_pipeline``.
 (c) Inference latency of the dense model and of pruned ones (Li et al.'s named l1 plans for the
     model, and 50% FLOPs plans of l1 and ffr, also with ``prune.round_to=8``) at batch 1 and 64:
     see ``bench.benchmarks.latency``.
-(b) Data pipeline: our batched uint8 augmentation (``BatchLoader``) against torchvision
-    ``ImageFolder`` + ``DataLoader`` with the standard per-image transforms (RandomCrop(32, 4),
-    RandomHorizontalFlip, ToTensor, Normalize), in images/s (target >= 10x). A torchvision
-    CIFAR10-style variant (PIL transforms from in-memory arrays, no JPEG decode) is shown too.
 (d) FFR overhead: our training step with the ``ffr`` method (default config: feature hooks and the
     flow regularizer's forward and backward) against the same step without a method, from
     identical model copies over the same images, batch size and memory format. Ratio = FFR time /
@@ -22,6 +20,10 @@
     ``kernel="auto"`` (the default) switches to after ``COMPILE_AFTER_STEPS`` steps, and with the
     eager one it starts on (and stays on where compiling fails), side by side.
 Loops alternate over ``repeats`` and the median is reported, so drift hits both sides alike.
+
+The sections run in order and each is a report entry of its own (``SECTIONS``), so the CLI prints
+each as it finishes and keeps the finished ones on Ctrl-C; ``bench.benchmarks.speed_text`` holds
+the estimate printed first and the text of each section.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +43,70 @@ from torch import nn
 from bench import datasets, models, provenance, registry, surgery
 from bench.api import Context, Method
 from bench.augment import normalize
-from bench.benchmarks.latency import format_latency, latency_comparison
+from bench.benchmarks.data_pipeline import PILArrays, data_pipeline_comparison, reference_transform, sync
+from bench.benchmarks.latency import latency_comparison
 from bench.config import Schedule
 from bench.datasets import DatasetSplits, Split
 from bench.errors import BenchError
 from bench.flow import kernel_status
 from bench.paths import prepare_results_dir
 from bench.training import EpochTrainer, Runtime, make_optimizer, resolve_device, seed_everything, train_loader
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """What ``bench speed`` measures, and how much: steps and repeats per loop, images for (b),
+    timed forwards per latency cell; ``progress`` shows the image-decode bars on first use."""
+
+    model: str = "resnet20"
+    device: str = "auto"
+    batch_size: int = 128
+    steps: int = 10
+    repeats: int = 3
+    images: int = 4096
+    workers: int = 2
+    data_dir: str | None = None
+    results_dir: str = "results"
+    ffr_model: str = "resnet56"
+    latency_repeats: int = 30
+    progress: bool = True
+
+    def check(self) -> None:
+        """User errors, before any work."""
+        if min(self.batch_size, self.steps, self.repeats, self.images, self.latency_repeats) < 1 or self.workers < 0:
+            raise BenchError(
+                "--batch-size, --steps, --repeats, --images and --latency-repeats must be >= 1, --workers >= 0"
+            )
+        if not self.data_dir:
+            raise BenchError("speed needs the CIFAR-10 data: pass --data-dir (the folder holding cifar10-jpeg/)")
+        models.validate_name(self.model)
+        models.validate_name(self.ffr_model)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report: its letter, its key in the report, and its name."""
+
+    letter: str
+    key: str
+    title: str
+
+
+SECTIONS = (
+    Section("a", "train_step", "training step"),
+    Section("b", "data_pipeline", "data pipeline"),
+    Section("c", "latency", "inference latency"),
+    Section("d", "ffr_overhead", "FFR overhead"),
+)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every section needs: the settings, the runtime and the decoded data."""
+
+    settings: SpeedSettings
+    runtime: Runtime
+    data: DatasetSplits
 
 
 def speed(
@@ -61,27 +122,43 @@ def speed(
     ffr_model: str = "resnet56",
     latency_repeats: int = 30,
 ) -> dict[str, Any]:
-    """Run every comparison and return one JSON-able report."""
-    if min(batch_size, steps, repeats, images) < 1 or workers < 0:
-        raise BenchError("--batch-size, --steps, --repeats and --images must be >= 1, --workers >= 0")
-    if not data_dir:
-        raise BenchError("speed needs the CIFAR-10 data: pass --data-dir (the folder holding cifar10-jpeg/)")
-    runtime = Runtime(resolve_device(device), progress=False, epoch_lines=False)
-    data = datasets.build("cifar10", data_dir, cache_dir=prepare_results_dir(results_dir).data_cache, val_size=1000)
+    """Run every comparison and return one JSON-able report (nothing printed)."""
+    settings = SpeedSettings(model_name, device, batch_size, steps, repeats, images, workers, data_dir, results_dir,
+                             ffr_model, latency_repeats, progress=False)  # fmt: skip
+    report: dict[str, Any] = {}
+    bench = prepare(settings, report)
+    for section in SECTIONS:
+        report[section.key] = measure_section(bench, section)
+    return report
+
+
+def prepare(settings: SpeedSettings, report: dict[str, Any], on_header: Callable[[], None] = lambda: None) -> Bench:
+    """Check the settings, pick the device and load the data (decoded on first use, which can take a
+    while: ``on_header`` is called before, once the report's header is in ``report``)."""
+    settings.check()
+    runtime = Runtime(resolve_device(settings.device), progress=False, epoch_lines=False)
     env = provenance.environment()
-    return {
-        "device": str(runtime.device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_or_gpu": env.get("env.device", "unknown"),
-        "data_source": data.source,
-        "train_step": train_step_comparison(model_name, data, runtime, batch_size, steps, repeats, workers),
-        "data_pipeline": data_pipeline_comparison(data, Path(data_dir), runtime, batch_size, images, workers, repeats),
-        "latency": latency_comparison(
-            model_name, data.num_classes, data.input_size, runtime.device, repeats=latency_repeats
-        ),
-        "ffr_overhead": ffr_overhead_comparison(ffr_model, data, runtime, batch_size, steps, repeats),
-    }
+    report.update(device=str(runtime.device), torch=torch.__version__, threads=torch.get_num_threads(),
+                  cpu_or_gpu=env.get("env.device", "unknown"))  # fmt: skip
+    on_header()
+    cache = prepare_results_dir(settings.results_dir).data_cache
+    data = datasets.build("cifar10", settings.data_dir, cache_dir=cache, val_size=1000, progress=settings.progress)
+    report["data_source"] = data.source
+    return Bench(settings, runtime, data)
+
+
+def measure_section(bench: Bench, section: Section) -> dict[str, Any]:
+    """Measure one section; its result is the report's entry under ``section.key``."""
+    s, data, runtime = bench.settings, bench.data, bench.runtime
+    if section.key == "train_step":
+        return train_step_comparison(s.model, data, runtime, s.batch_size, s.steps, s.repeats, s.workers)
+    if section.key == "data_pipeline":
+        return data_pipeline_comparison(
+            data, Path(s.data_dir or ""), runtime, s.batch_size, s.images, s.workers, s.repeats
+        )
+    if section.key == "latency":
+        return latency_comparison(s.model, data.num_classes, data.input_size, runtime.device, repeats=s.latency_repeats)
+    return ffr_overhead_comparison(s.ffr_model, data, runtime, s.batch_size, s.steps, s.repeats)
 
 
 # --- (a) training step --------------------------------------------------------------------------
@@ -164,7 +241,7 @@ def _plain_passes(model: nn.Module, opt, batches, runtime: Runtime, to_device):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        _sync(runtime)
+        sync(runtime)
         return time.perf_counter() - start
 
     return one_pass
@@ -180,7 +257,7 @@ def _dataloader_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, r
     opt = make_optimizer(model, schedule)
     cuda = runtime.device.type == "cuda"
     loader = DataLoader(
-        _PILArrays(data.train, _reference_transform(data)), schedule.batch_size, shuffle=True,
+        PILArrays(data.train, reference_transform(data)), schedule.batch_size, shuffle=True,
         num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0, drop_last=False,
     )  # fmt: skip
 
@@ -197,106 +274,10 @@ def _timed_epochs(trainer: EpochTrainer, runtime: Runtime):
     def loop() -> float:
         start = time.perf_counter()
         trainer.run(0)
-        _sync(runtime)
+        sync(runtime)
         return time.perf_counter() - start
 
     return loop
-
-
-def _sync(runtime: Runtime) -> None:
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-# --- (b) data pipeline --------------------------------------------------------------------------
-
-
-def data_pipeline_comparison(
-    data: DatasetSplits, data_dir: Path, runtime: Runtime, batch_size: int, images: int, workers: int, repeats: int
-) -> dict[str, Any]:
-    images = min(images, len(data.train))
-    split = Split(data.train.images[:images], data.train.labels[:images])
-    ours = [_time_ours(split, data, runtime, batch_size) for _ in range(repeats)]
-    folder = [_time_imagefolder(data_dir, data, batch_size, images, workers) for _ in range(repeats)]
-    arrays = [_time_pil_arrays(split, data, batch_size, workers) for _ in range(repeats)]
-    ours_ips, folder_ips, arrays_ips = (images / statistics.median(t) for t in (ours, folder, arrays))
-    return {
-        "images": images,
-        "batch_size": batch_size,
-        "workers": workers,
-        "ours_images_per_s": ours_ips,
-        "imagefolder_dataloader_images_per_s": folder_ips,
-        "pil_arrays_dataloader_images_per_s": arrays_ips,
-        "ratio_ours_over_imagefolder": ours_ips / folder_ips,
-        "ratio_ours_over_pil_arrays": ours_ips / arrays_ips,
-        "target_min_ratio": 10.0,
-    }
-
-
-def _time_ours(split: Split, data: DatasetSplits, runtime: Runtime, batch_size: int) -> float:
-    subset = DatasetSplits(**{**data.__dict__, "train": split})
-    loader = train_loader(subset, Schedule(batch_size=batch_size), runtime, seed=0)
-    start = time.perf_counter()
-    for x, _ in loader:
-        x.sum()  # consume the batch, as a training step would
-    _sync(runtime)
-    return time.perf_counter() - start
-
-
-def _reference_transform(data: DatasetSplits):
-    from torchvision import transforms as T
-
-    return T.Compose(
-        [
-            T.RandomCrop(data.input_size, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(data.mean, data.std),
-        ]
-    )
-
-
-def _time_imagefolder(data_dir: Path, data: DatasetSplits, batch_size: int, images: int, workers: int) -> float:
-    from torch.utils.data import DataLoader, Subset
-    from torchvision.datasets import ImageFolder
-
-    root = data_dir / "cifar10-jpeg" / "train"
-    if not root.is_dir():
-        raise BenchError(f"the ImageFolder reference needs {root}")
-    dataset = Subset(ImageFolder(str(root), transform=_reference_transform(data)), range(images))
-    return _time_dataloader(DataLoader(dataset, batch_size, shuffle=True, num_workers=workers))
-
-
-class _PILArrays(torch.utils.data.Dataset):
-    """torchvision CIFAR10-style: uint8 arrays in memory, one PIL image and transform per item."""
-
-    def __init__(self, split: Split, transform) -> None:
-        self.images = split.images.permute(0, 2, 3, 1).numpy()
-        self.labels = split.labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
-
-
-def _time_pil_arrays(split: Split, data: DatasetSplits, batch_size: int, workers: int) -> float:
-    from torch.utils.data import DataLoader
-
-    return _time_dataloader(
-        DataLoader(_PILArrays(split, _reference_transform(data)), batch_size, shuffle=True, num_workers=workers)
-    )
-
-
-def _time_dataloader(loader) -> float:
-    start = time.perf_counter()
-    for x, _ in loader:
-        x.sum()
-    return time.perf_counter() - start
 
 
 # --- (d) FFR overhead ----------------------------------------------------------------------------
@@ -357,39 +338,3 @@ def _trainer(
         method.setup(model, ctx)
     loader = train_loader(data, schedule, runtime, seed=0)
     return EpochTrainer(model, loader, make_optimizer(model, schedule), schedule, runtime, method, ctx, desc="speed")
-
-
-def format_speed(report: dict[str, Any]) -> str:
-    t, d, f = report["train_step"], report["data_pipeline"], report["ffr_overhead"]
-    params = ", ".join(f"{k}={v}" for k, v in f["ffr_params"].items())
-    return "\n".join(
-        [
-            f"bench speed on {report['device']} ({report['cpu_or_gpu']}, {report['threads']} threads, "
-            f"torch {report['torch']})",
-            f"(a) training step, {t['model']}, batch {t['batch_size']}, median of {t['repeats']} alternating passes of "
-            f"{t['steps']} steps:",
-            f"    ours {t['ours_ms_per_step']:.1f} ms/step   bare PyTorch, same {t['memory_format']} format "
-            f"{t['bare_ms_per_step']:.1f} ms/step   ratio ours/bare {t['ratio_ours_over_bare']:.3f} "
-            f"(target <= {t['target_max_ratio']})",
-            f"    bare PyTorch in plain NCHW {t['bare_nchw_ms_per_step']:.1f} ms/step   "
-            f"ratio ours/bare-NCHW {t['ratio_ours_over_bare_nchw']:.3f}",
-            f"    DataLoader loop (Torch-Pruning style, {t['dataloader_workers']} workers) "
-            f"{t['dataloader_ms_per_step']:.1f} ms/step   images/s: ours {t['images_per_s']['ours']:,.0f}, "
-            f"DataLoader {t['images_per_s']['dataloader']:,.0f}, speed-up {t['speedup_ours_over_dataloader']:.2f}x "
-            f"(GPU target >= {t['target_min_speedup_over_dataloader_gpu']:.0f}x)",
-            f"(b) data pipeline, {d['images']} images, batch {d['batch_size']}, DataLoader workers {d['workers']}:",
-            f"    ours (batched uint8) {d['ours_images_per_s']:,.0f} img/s",
-            f"    ImageFolder+DataLoader {d['imagefolder_dataloader_images_per_s']:,.0f} img/s   "
-            f"ratio {d['ratio_ours_over_imagefolder']:.1f}x (target >= {d['target_min_ratio']:.0f}x)",
-            f"    PIL-from-arrays+DataLoader (torchvision CIFAR10 style) "
-            f"{d['pil_arrays_dataloader_images_per_s']:,.0f} img/s   ratio {d['ratio_ours_over_pil_arrays']:.1f}x",
-            format_latency(report["latency"]),
-            f"(d) FFR overhead, {f['model']}, batch {f['batch_size']}, median of {f['repeats']} alternating passes of "
-            f"{f['steps']} steps, {f['memory_format']}, ffr defaults ({params}):",
-            f"    with FFR ({f['ffr_kernel']} kernel) {f['ffr_ms_per_step']:.1f} ms/step   plain "
-            f"{f['plain_ms_per_step']:.1f} ms/step   ratio ffr/plain {f['ratio_ffr_over_plain']:.3f} "
-            f"(target <= {f['target_max_ratio']})",
-            f"    with FFR (eager kernel, its first {f['ffr_compile_after_steps']} steps) "
-            f"{f['ffr_eager_ms_per_step']:.1f} ms/step   ratio {f['ratio_ffr_eager_over_plain']:.3f}",
-        ]
-    )

@@ -35,10 +35,11 @@ TINY = {
 
 
 def worker_scaling(
-    data_dir: str | None, trials: int = 8, counts: tuple[int, ...] = (1, 2), threads: int = 0
+    data_dir: str | None, trials: int = 8, counts: tuple[int, ...] = (1, 2), threads: int = 0, verbose: bool = False
 ) -> dict[str, Any]:
     """Run ``trials`` identical-cost trials with each worker count; trials/min and the ratio to the first.
-    ``threads``: torch threads per worker, 0 for cores // workers."""
+    ``threads``: torch threads per worker, 0 for cores // workers; ``verbose``: the workers log
+    Optuna's INFO lines too."""
     if not data_dir:
         raise BenchError("sweep-bench needs the datasets: pass --data-dir or set $BENCH_DATA_DIR")
     if trials < 2:
@@ -50,7 +51,8 @@ def worker_scaling(
         layer = {**TINY, "data": {**TINY["data"], "root": data_dir}, "results_dir": str(Path(tmp) / "results")}
         cfg = configmod.resolve("smoke", None, layer, [])
         rows = [
-            _time_workers(cfg, cells, count, threads or sweeps.threads_per_worker(count), Path(tmp)) for count in counts
+            _time_workers(cfg, cells, count, threads or sweeps.threads_per_worker(count), Path(tmp), verbose)
+            for count in counts
         ]
     for row in rows:
         row["ratio"] = row["trials_per_minute"] / rows[0]["trials_per_minute"]
@@ -59,7 +61,9 @@ def worker_scaling(
             "rows": rows, "target_ratio_2_over_1": 1.7}  # fmt: skip
 
 
-def _time_workers(cfg: RunConfig, cells: list[dict[str, Any]], count: int, threads: int, tmp: Path) -> dict[str, Any]:
+def _time_workers(
+    cfg: RunConfig, cells: list[dict[str, Any]], count: int, threads: int, tmp: Path, verbose: bool = False
+) -> dict[str, Any]:
     """The grid of ``cells`` as its own study, run by ``count`` local workers of ``threads`` threads
     each; only the worker phase is timed (the baseline is warmed beforehand)."""
     spec = sweeps.SweepSpec(
@@ -76,7 +80,7 @@ def _time_workers(cfg: RunConfig, cells: list[dict[str, Any]], count: int, threa
     logs = tmp / f"logs-{count}"
     logs.mkdir(exist_ok=True)
     launched, start = time.time(), time.perf_counter()
-    codes = sweeps.wait_for(sweeps.start_workers(spec_file, count, log_dir=logs), say=print)
+    codes = sweeps.wait_for(sweeps.start_workers(spec_file, count, log_dir=logs, verbose=verbose), say=print)
     seconds = time.perf_counter() - start
     complete = sweeps.open_study(spec).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     if any(codes) or len(complete) != len(cells):

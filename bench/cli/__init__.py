@@ -6,8 +6,10 @@ settings flags of ``run`` and ``sweep``, comma-separated values) is in :mod:`ben
 Heavy imports (torch, mlflow, optuna) happen inside handlers, after the arguments are checked.
 
 Errors a user can cause print one line, ``error: ...``, and exit with code 2, no traceback.
-Ctrl-C exits 130 and SIGTERM 143, with one line; whatever ends a command, no MLflow run it opened
-is left RUNNING (:mod:`bench.lifecycle`).
+Ctrl-C exits 130 and SIGTERM 143, with one line that says whether the same command run again
+resumes (this process saved or restored a checkpoint: :mod:`bench.checkpoint`) or starts over;
+whatever ends a command, no MLflow run it opened is left RUNNING, and a Ctrl-C that ``uv run``
+delivers twice is handled once (:mod:`bench.lifecycle`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import sys
 from collections.abc import Sequence
 
 from bench import lifecycle
-from bench.cli import listing, profile, report, run, sparsity, speed, sweep, sweep_scaling
+from bench.cli import clean, export, listing, profile, report, run, sparsity, speed, sweep, sweep_scaling
 from bench.cli.common import Parser, formatter
 from bench.errors import BenchError, Terminated
 
-MODULES = (listing, profile, run, speed, sparsity, sweep, sweep_scaling, report)  # the order of --help
+MODULES = (listing, profile, run, speed, sparsity, export, sweep, sweep_scaling, report, clean)  # the order of --help
 COMMANDS = {module.NAME: module.handle for module in MODULES}
 
 
@@ -45,14 +47,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars and lines suffice
     args = build_parser().parse_args(argv)
     try:
-        with lifecycle.command():
+        with lifecycle.command(exits=True):
             return COMMANDS[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Terminated:
-        print("terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        print(stopped_line("terminated (SIGTERM)"), file=sys.stderr)
         return lifecycle.SIGTERM_EXIT
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print(stopped_line("interrupted"), file=sys.stderr)
         return lifecycle.SIGINT_EXIT
+
+
+def stopped_line(how: str) -> str:
+    """The one line of a stopped command: resume when this process saved (or restored) something a
+    rerun reuses, else say that nothing was saved. ``bench.checkpoint`` holds torch, so it is
+    consulted only when it was imported: nothing can have been saved before."""
+    checkpoint = sys.modules.get("bench.checkpoint")
+    saved = checkpoint.last_resume_point() if checkpoint is not None else None
+    if saved is None:
+        return f"{how} before anything was saved; running the same command again starts over"
+    return f"{how}; run the same command again to resume (saved: {saved})"

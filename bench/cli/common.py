@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 from bench.errors import BenchError
 
 DATA_ENV = "BENCH_DATA_DIR"
+DEFAULT_PRESET = "quick"  # what --preset means when it is not given
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,7 +38,7 @@ def data_root(flag: str | None) -> str | None:
 def add_settings(p: argparse.ArgumentParser, *, seeds: str) -> None:
     """The settings flags that ``run`` and ``sweep`` share (they build a RunConfig alike)."""
     p.add_argument("--dataset", help="cifar10 (default), cifar100, tinyimagenet or imagefolder:<path>")
-    p.add_argument("--preset", default="quick", help="smoke, quick (default), paper, or a copied preset .toml")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="smoke, quick (default), paper, or a copied preset .toml")
     p.add_argument("--seeds", help=seeds)
     p.add_argument("--target-flops-reduction", type=float, help="fraction of MACs to remove, in [0, 1)")
     p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")

@@ -1,8 +1,11 @@
-"""``bench list``: the registered methods, models, datasets, presets or named plans, one per line."""
+"""``bench list``: the registered methods, models, datasets, presets or named plans, one per entry,
+each description in full, wrapped to the terminal's width (``$COLUMNS`` when piped)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 from typing import Any
 
 from bench.cli.common import add_command
@@ -20,12 +23,31 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("what", choices=["methods", "models", "datasets", "presets", "plans"])
 
 
+MIN_TEXT_WIDTH = 30  # characters of description per line, however narrow the terminal
+
+
 def handle(args: argparse.Namespace) -> int:
-    listing = LISTINGS[args.what]()
-    width = max(map(len, listing)) + 2
-    for name, description in listing.items():
-        print(f"{name:<{width}}{description}")
+    print(format_listing(LISTINGS[args.what](), shutil.get_terminal_size().columns))
     return 0
+
+
+def format_listing(listing: dict[str, str], columns: int) -> str:
+    """Names in a column, each description wrapped to ``columns`` with a hanging indent: never cut."""
+    indent = max(map(len, listing)) + 2
+    width = max(columns - 1, indent + MIN_TEXT_WIDTH)  # the last column is left free: no auto-wrap at the edge
+    entries = []
+    for name, description in listing.items():
+        entries.append(
+            textwrap.fill(
+                description,
+                width,
+                initial_indent=f"{name:<{indent}}",
+                subsequent_indent=" " * indent,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+        )
+    return "\n".join(entries)
 
 
 def _methods() -> dict[str, str]:
@@ -50,7 +72,17 @@ def _datasets() -> dict[str, str]:
 def _presets() -> dict[str, str]:
     from bench.config import PRESETS, preset_path
 
-    return {name: preset_path(name).read_text().splitlines()[0].lstrip("# ") for name in PRESETS}
+    return {name: preset_description(name, preset_path(name).read_text()) for name in PRESETS}
+
+
+def preset_description(name: str, text: str) -> str:
+    """The preset file's leading comment block, joined into one paragraph, less its ``name:`` prefix."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines).removeprefix(f"{name}:").strip()
 
 
 def _plans() -> dict[str, str]:

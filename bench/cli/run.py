@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench.cli.common import DATA_ENV, add_command, add_settings, run_flags
+from bench.cli.common import DATA_ENV, DEFAULT_PRESET, add_command, add_settings, run_flags
 from bench.errors import BenchError
 
 NAME = "run"
@@ -36,16 +36,23 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--published", action="store_true", help="print the published figures beside ours")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines stay)")
+    p.set_defaults(preset=None)  # None: not given, so the plan can say the default preset was used
 
 
 def handle(args: argparse.Namespace) -> int:
     from bench import config
 
-    cfg = config.resolve(args.preset, args.config, run_flags(args), args.set)
+    flags = run_flags(args)
+    preset = args.preset or DEFAULT_PRESET
+    cfg = config.resolve(preset, args.config, flags, args.set)
     if not cfg.methods:
         raise BenchError("--methods is empty; name at least one method (see 'python -m bench list methods')")
     from bench.cli.present import table_printer  # after validation: a config error needs no heavy import
-    from bench.runner import run
+    from bench.runner import PresetChoice, run
 
-    run(cfg, progress=not args.no_progress, present=table_printer())
+    def variant(name: str) -> config.RunConfig:  # the same command under another preset
+        return config.resolve(name, args.config, flags, args.set)
+
+    choice = PresetChoice(defaulted=args.preset is None, variant=variant)
+    run(cfg, progress=not args.no_progress, present=table_printer(), choice=choice)
     return 0

@@ -48,6 +48,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--best", type=int, help="re-run the best K trials over --seeds on the test protocol")
     add_settings(p, seeds="the sweep's seed (the first given), or the seeds of --best (default 0)")
     p.add_argument("--no-progress", action="store_true", help="accepted for symmetry: trials print epoch lines only")
+    p.add_argument("--verbose", action="store_true", help="Optuna's own INFO log lines too (default: warnings only)")
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats (default 10)")
     p.add_argument("--grace", type=int, default=60, help="seconds without one before a trial is retried (default 60)")
     p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
@@ -57,9 +58,12 @@ def add_parser(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from bench import sweeps
+    from bench.sweeps.output import optuna_logging
 
+    optuna_logging(args.verbose)
     if args.worker:
-        sweeps.work(sweeps.SweepSpec.from_json(Path(args.worker).read_text()), args.worker_index)
+        spec = sweeps.SweepSpec.from_json(Path(args.worker).read_text())
+        sweeps.work(spec, args.worker_index, verbose=args.verbose)
         return 0
     if args.workers < 1:
         raise BenchError(f"--workers must be >= 1, got {args.workers}")
@@ -67,7 +71,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.best:
         _print_best(spec, args.best, tuple(int_list(args.seeds or "0", "--seeds")))
         return 0
-    summary = sweeps.run_sweep(spec, args.workers, cells)
+    summary = sweeps.run_sweep(spec, args.workers, cells, verbose=args.verbose)
     return 0 if summary.complete + summary.pruned > 0 or summary.failed == 0 else 1
 
 

@@ -28,15 +28,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores // workers)")
     p.add_argument("--data-dir", help=f"root holding the datasets (default ${DATA_ENV})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verbose", action="store_true", help="Optuna's own INFO log lines too (default: warnings only)")
 
 
 def handle(args: argparse.Namespace) -> int:
     from bench.benchmarks.sweep_scaling import format_scaling, worker_scaling
+    from bench.sweeps.output import optuna_logging
 
+    optuna_logging(args.verbose)
     counts = tuple(int_list(args.workers, "--workers"))
     if not counts or min(counts) < 1:
         raise BenchError(f"--workers takes positive worker counts, got '{args.workers}'")
     with contextlib.redirect_stdout(sys.stderr):  # the baseline's epoch lines; stdout is the report (--json)
-        report = worker_scaling(data_root(args.data_dir), args.trials, counts, args.threads)
+        report = worker_scaling(data_root(args.data_dir), args.trials, counts, args.threads, args.verbose)
     print(json.dumps(report, indent=1) if args.json else format_scaling(report))
     return 0

@@ -1,6 +1,7 @@
 """Model registry, in the style of timm: ``create(name, num_classes, input_size)``.
 
-Our own CIFAR ResNets and VGGs are registered by name; any timm model is ``timm:<name>``.
+Our own CIFAR ResNets and VGGs are registered by name; a timm model of one of the supported families
+(``timm_models.FAMILIES``) is ``timm:<name>``, other timm families are refused with the reason.
 """
 
 from __future__ import annotations
@@ -59,15 +60,27 @@ def _vgg19(num_classes: int) -> nn.Module:
 
 
 def list_models() -> dict[str, str]:
-    """Registered names -> one-line description, plus the ``timm:<name>`` family."""
+    """Registered names -> one-line description, plus ``timm:<name>`` and one line per timm family."""
     names = {name: entry.description for name, entry in sorted(_REGISTRY.items())}
-    names[f"{TIMM_PREFIX}<name>"] = "any timm model, from scratch, stem adapted to 32/64 px inputs"
+    names[f"{TIMM_PREFIX}<name>"] = (
+        f"a timm model of the families below, from scratch; at <= {timm_models.SMALL_INPUT_MAX} px its "
+        f"downsampling is cut to stride {timm_models.TARGET_STRIDE} (last stage 4x4 at 32 px, 8x8 at 64 px); "
+        "other timm families are refused with the reason"
+    )
+    for family in timm_models.FAMILIES:
+        names[f"{TIMM_PREFIX}{family.example}"] = (
+            f"{family.name} family: any of timm.list_models(module='{family.module}'); at <= "
+            f"{timm_models.SMALL_INPUT_MAX} px {family.rule}"
+        )
     return names
 
 
 def validate_name(name: str) -> None:
-    """Raise a BenchError naming the valid models when ``name`` is not one (timm names are checked lazily)."""
-    if name not in _REGISTRY and not name.startswith(TIMM_PREFIX):
+    """Raise a BenchError naming the valid models when ``name`` is not one; a timm name must exist and
+    belong to a supported family (checked by name: nothing is built)."""
+    if name.startswith(TIMM_PREFIX):
+        timm_models.family_of(name[len(TIMM_PREFIX) :])
+    elif name not in _REGISTRY:
         raise unknown_name("model", name, [*_REGISTRY, f"{TIMM_PREFIX}<name>"])
 
 

@@ -25,6 +25,8 @@ One module per job, in data-flow order:
 - :mod:`~bench.sweeps.grid`: grid TOML files and their cells.
 - :mod:`~bench.sweeps.trial`: one trial's RunConfig and the runner that runs it.
 - :mod:`~bench.sweeps.workers`: the worker loop and local worker processes.
+- :mod:`~bench.sweeps.output`: what a worker prints: whole lines prefixed ``[w<worker> t<trial>]``, Optuna's
+  logging at WARNING unless ``--verbose``.
 - :mod:`~bench.sweeps.summary`: counts, best trials, the best re-run over seeds.
 - :mod:`~bench.sweeps.run`: the command: prepare, warm baselines, run workers, summarise.
 """

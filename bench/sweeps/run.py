@@ -4,14 +4,16 @@ baselines once, run the local workers, and summarise."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from bench.checkpoint import note_resume_point
 from bench.schema import Kind, Metric, Param, Tag, TrialAttr
 from bench.sweeps.grid import enqueue_missing_cells
 from bench.sweeps.slots import work_left
 from bench.sweeps.spec import SweepSpec, write_spec
-from bench.sweeps.storage import open_study, redact
+from bench.sweeps.storage import open_study, redact, study_lock
 from bench.sweeps.summary import Summary, format_summary, summarize
 from bench.sweeps.trial import check_config, warm_baseline
 from bench.sweeps.workers import start_workers, wait_for
@@ -19,8 +21,15 @@ from bench.sweeps.workers import start_workers, wait_for
 
 def prepare_sweep(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Callable[[str], None]) -> SweepSpec:
     """Create (or join) the study and the MLflow parent run and enqueue missing grid cells; returns
-    the spec with the parent run id."""
+    the spec with the parent run id. Under the storage's first-use lock, so that machines starting
+    at the same moment create one parent run, not one each."""
+    with study_lock(spec):
+        return _prepare(spec, cells, say)
+
+
+def _prepare(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Callable[[str], None]) -> SweepSpec:
     study = open_study(spec)
+    note_resume_point(f"study {spec.study}")  # the study persists: the same command joins it again
     tracker = spec.tracker()
     parent = study.user_attrs.get(TrialAttr.MLFLOW_PARENT)
     if parent is None:
@@ -60,9 +69,14 @@ def warm_baselines(spec: SweepSpec, cells: list[dict[str, Any]] | None, say: Cal
 
 
 def run_sweep(
-    spec: SweepSpec, workers: int, cells: list[dict[str, Any]] | None = None, say: Callable[[str], None] = print
+    spec: SweepSpec,
+    workers: int,
+    cells: list[dict[str, Any]] | None = None,
+    say: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> Summary:
-    """The whole command: check, prepare, warm the baselines, run ``workers`` processes, summarise."""
+    """The whole command: check, prepare, warm the baselines, run ``workers`` processes (their lines
+    prefixed ``[w<worker> t<trial>]``; Optuna's INFO lines only if ``verbose``), summarise."""
     check_config(spec.base_config())
     spec = prepare_sweep(spec, cells, say)
     study = open_study(spec)
@@ -72,7 +86,8 @@ def run_sweep(
         warm_baselines(spec, cells, say)
         spec_file = write_spec(spec)
         say(f"sweep '{spec.study}': {workers} worker(s), storage {redact(spec.storage)}, spec {spec_file}")
-        codes = wait_for(start_workers(spec_file, workers), say)
+        sys.stdout.flush()  # our lines come before the workers', which share this stdout (a pipe buffers)
+        codes = wait_for(start_workers(spec_file, workers, verbose=verbose), say)
         if any(codes):
             say(f"worker exit codes: {codes}")
     summary = summarize(study)

@@ -17,8 +17,11 @@ from bench import config as configmod
 from bench.atomic import atomic_write_text
 from bench.config import RunConfig
 from bench.errors import BenchError
+from bench.schema import Metric
 
 OBJECTIVES = {"acc": "maximize", "flops": "maximize"}  # val accuracy; achieved FLOPs reduction
+# each objective's value, named as in MLflow: the study's metric names (optuna-dashboard shows them)
+OBJECTIVE_METRICS = {"acc": Metric.BEST_VAL_ACC, "flops": Metric.FLOPS_REDUCTION}
 PRUNERS = ("median", "hyperband", "none")
 
 

@@ -84,9 +84,11 @@ def format_summary(summary: Summary, spec: SweepSpec) -> str:
 
 
 def _trial_line(trial: FrozenTrial) -> str:
-    values = ", ".join(f"{v:.4f}" for v in trial.values)
+    """Objectives and test accuracy in %, as every accuracy the harness prints (they are stored as
+    fractions: validation accuracy, achieved FLOPs reduction)."""
+    values = ", ".join(f"{v:.2%}" for v in trial.values)
     test = trial.user_attrs.get(ROW_ATTR.format(Metric.TEST_ACC))
-    test_text = f" (test {test:.4f}, reported only)" if isinstance(test, float) else ""
+    test_text = f" (test {test:.2%}, reported only)" if isinstance(test, float) else ""
     return f"  trial {trial.number}: {values}{test_text}  {params_text(trial)}"
 
 

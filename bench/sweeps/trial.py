@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial
 from bench.config import MethodOverrides, PruneConfig, RunConfig
 from bench.errors import EarlyStop
 from bench.schema import Metric, Tag, TrialAttr
+from bench.sweeps.output import WorkerLabel
 from bench.sweeps.slots import CELL, RETRY_OF, SLOT, SURPLUS, is_surplus, slot_of
 from bench.sweeps.spec import SweepSpec
 
@@ -116,12 +117,22 @@ class Pruned(optuna.TrialPruned, EarlyStop):
 class TrialRunner:
     """Runs trials in one worker process: one tracker, the decoded datasets kept between trials."""
 
-    def __init__(self, spec: SweepSpec, say: Callable[[str], None]) -> None:
-        self.spec, self.say = spec, say
+    def __init__(self, spec: SweepSpec, say: Callable[[str], None], label: WorkerLabel | None = None) -> None:
+        self.spec, self.say, self.label = spec, say, label
         self.tracker = spec.tracker()
         self._data: dict[Any, Any] = {}
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        """One trial; while it runs, the worker's lines say its number (``[w1 t7] ``)."""
+        if self.label is not None:
+            self.label.trial = trial.number
+        try:
+            return self._trial(trial)
+        finally:
+            if self.label is not None:
+                self.label.trial = None
+
+    def _trial(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         trials = trial.study.get_trials(deepcopy=False)
         frozen = next(t for t in trials if t.number == trial.number)
         slot = slot_of(frozen, trials)
@@ -164,7 +175,7 @@ class TrialRunner:
             step = next(steps)
             trial.report(stats["val_acc"], step)
             if trial.should_prune():
-                raise Pruned(f"pruned after fine-tune epoch {step + 1}: val acc {stats['val_acc']:.4f}")
+                raise Pruned(f"pruned after fine-tune epoch {step + 1}: val acc {stats['val_acc']:.2%}")
 
         return on_epoch
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 
+from bench.sweeps.output import label_output, optuna_logging
 from bench.sweeps.slots import work_left
 from bench.sweeps.spec import SweepSpec
 from bench.sweeps.storage import open_study
@@ -31,15 +32,18 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def work(spec: SweepSpec, worker: int, say: Callable[[str], None] = print) -> None:
-    """One worker: run trials until every slot is filled and no trial is running anywhere."""
+def work(spec: SweepSpec, worker: int, say: Callable[[str], None] = print, verbose: bool = False) -> None:
+    """One worker: run trials until every slot is filled and no trial is running anywhere. Every
+    line it prints starts with its worker and trial (``[w1 t7] ``: it wraps this process's stdout
+    and stderr, so it runs in a worker process of its own); Optuna logs only warnings unless ``verbose``."""
+    label = label_output(worker)
+    optuna_logging(verbose)
     if spec.threads:
         import torch
 
         torch.set_num_threads(spec.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(spec, worker)
-    objective = TrialRunner(spec, lambda line: say(f"[worker {worker}] {line}"))
+    objective = TrialRunner(spec, say, label)
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -53,12 +57,15 @@ def work(spec: SweepSpec, worker: int, say: Callable[[str], None] = print) -> No
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
 
-def start_workers(spec_file: Path, count: int, log_dir: Path | None = None) -> list[subprocess.Popen]:
+def start_workers(
+    spec_file: Path, count: int, log_dir: Path | None = None, verbose: bool = False
+) -> list[subprocess.Popen]:
     """``count`` worker processes (``python -m bench sweep --worker SPEC``), sharing our stdout, or
-    each writing ``worker-<i>.log`` under ``log_dir``."""
+    each writing ``worker-<i>.log`` under ``log_dir``; ``verbose`` passes ``--verbose`` on."""
     procs = []
     for worker in range(count):
         cmd = [sys.executable, "-m", "bench", "sweep", "--worker", str(spec_file), "--worker-index", str(worker)]
+        cmd += ["--verbose"] if verbose else []
         if log_dir is None:
             procs.append(subprocess.Popen(cmd, start_new_session=True))
             continue
