@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from bench import budget, controls, models, registry
 from bench.api import Context, Method
@@ -63,11 +64,12 @@ def describe_plan(
     from measured throughput; above an hour on CPU, which preset fits."""
     data, device = work.data, work.runtime.device
     load = workload(cfg, data, methods, external)
-    spi = probe_seconds(cfg, data, work.runtime)
+    probe = models.create(cfg.model, data.num_classes, data.input_size)
+    spi = seconds_per_image(probe, data, cfg.dense.batch_size, work.runtime)
     estimate = load.seconds(spi)
     lines = [
         f"plan: {cfg.model} on {data.label} [{data.source}]",
-        *_adaptation_line(cfg, data),
+        *_adaptation_line(cfg, probe, data.input_size),
         f"  {preset_text(cfg.preset, choice)}; pruning rule: {rule_text(cfg.prune)}; device {device}",
         f"  images: train {len(data.train):,} / val {len(data.val):,} / test {len(data.test):,}; "
         f"seeds {','.join(map(str, cfg.seeds))}",
@@ -83,12 +85,11 @@ def describe_plan(
     return "\n".join(lines)
 
 
-def _adaptation_line(cfg: RunConfig, data: DatasetSplits) -> list[str]:
+def _adaptation_line(cfg: RunConfig, model: nn.Module, input_size: int) -> list[str]:
     """What ``bench.models.timm_models`` did to a timm stem for this input size (also a run tag)."""
     if not cfg.model.startswith("timm:"):
         return []
-    model = models.create(cfg.model, data.num_classes, data.input_size)
-    return [f"  stem for {data.input_size} px: {getattr(model, 'bench_stem_adaptation', 'none')}"]
+    return [f"  stem for {input_size} px: {getattr(model, 'bench_stem_adaptation', 'none')}"]
 
 
 def preset_text(preset: str | None, choice: PresetChoice | None) -> str:

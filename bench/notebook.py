@@ -14,7 +14,6 @@ through a dict: ``bench.run(..., **{"finetune.epochs": 2})``.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,6 @@ def run(
     cfg = bench_config.resolve(preset, _path(config), _with_settings(run_flags(args), settings), [])
     if not cfg.methods:
         raise BenchError("methods is empty; name at least one method (bench.run(methods='l1', ...))")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from bench.cli.present import table_printer
     from bench.runner import run as run_pipeline
     from bench.tracking import resolve_tracking_uri

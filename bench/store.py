@@ -38,7 +38,8 @@ class Store:
     def __init__(self, uri: str, client: MlflowClient) -> None:
         """Wrap an open client; readers use :meth:`open`, the writer passes its own client. MLflow's
         download bars are off unless the user set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``: a bar per
-        small JSON or weight file read back (``bench.load_pruned``, reports) drowns the output."""
+        small JSON or weight file read back (``bench.load_pruned``, reports) drowns the output. Every store
+        access goes through here (``Tracker`` opens one too), so this is the one place that sets it."""
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
         self.client = client

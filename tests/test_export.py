@@ -65,6 +65,22 @@ def without_bench(code: str, cwd: Path) -> str:
     return done.stdout
 
 
+def assert_same_outputs_without_bench(model: torch.nn.Module, x: torch.Tensor, load: str, tmp_path: Path) -> None:
+    """``load`` (code that defines ``f``, a callable from a batch tensor to logits) run without bench
+    gives ``model``'s outputs on ``x`` and on its first image alone (the batch dimension is dynamic)."""
+    torch.save(x, tmp_path / "x.pt")
+    without_bench(
+        load + f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        f"torch.save((f(x), f(x[:1])), {str(tmp_path / 'y.pt')!r})\n",
+        tmp_path,
+    )
+    y, y1 = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y1, expected[:1], atol=1e-5, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, cifar_root: Path, dataset_cache: Path) -> Store:
     """l1 on resnet20, smoke preset, on CIFAR-10 and on Tiny ImageNet, in one real MLflow store."""
@@ -215,19 +231,8 @@ def test_pt2_export_runs_without_bench_and_matches(store: Store, tiny_model, tmp
     run_id, model, x = tiny_model
     meta_file, program = _export(store, run_id, "pt2", tmp_path)
     assert program.suffix == ".pt2" and meta_file.suffix == ".json"
-    torch.save(x, tmp_path / "x.pt")
-    without_bench(
-        "import torch\n"
-        f"program = torch.export.load({str(program)!r}).module()\n"
-        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
-        f"torch.save((program(x), program(x[:1])), {str(tmp_path / 'y.pt')!r})\n",
-        tmp_path,
-    )
-    y, y1 = torch.load(tmp_path / "y.pt")
-    with torch.no_grad():
-        expected = model(x)
-    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(y1, expected[:1], atol=1e-5, rtol=0)  # the batch dimension is dynamic
+    load = f"import torch\nf = torch.export.load({str(program)!r}).module()\n"
+    assert_same_outputs_without_bench(model, x, load, tmp_path)
 
 
 def test_safetensors_export_holds_the_weights_and_the_architecture(store: Store, tiny_model, tmp_path: Path) -> None:
@@ -263,20 +268,11 @@ def test_onnx_export_runs_in_onnxruntime_and_matches(store: Store, tiny_model, t
         pytest.skip("onnx/onnxscript are not installed (test_onnx_without_its_packages_is_a_clear_error covers it)")
     run_id, model, x = tiny_model
     _, graph = _export(store, run_id, "onnx", tmp_path)
-    torch.save(x, tmp_path / "x.pt")
-    without_bench(
-        "import numpy, onnxruntime, torch\n"
-        f"session = onnxruntime.InferenceSession({str(graph)!r})\n"
-        f"x = torch.load({str(tmp_path / 'x.pt')!r}).numpy()\n"
-        "y, = session.run(None, {'input': x})\ny1, = session.run(None, {'input': x[:1]})\n"
-        f"torch.save((torch.from_numpy(y), torch.from_numpy(y1)), {str(tmp_path / 'y.pt')!r})\n",
-        tmp_path,
+    load = (
+        f"import onnxruntime, torch\nsession = onnxruntime.InferenceSession({str(graph)!r})\n"
+        "def f(x):\n    return torch.from_numpy(session.run(None, {'input': x.numpy()})[0])\n"
     )
-    y, y1 = torch.load(tmp_path / "y.pt")
-    with torch.no_grad():
-        expected = model(x)
-    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(y1, expected[:1], atol=1e-5, rtol=0)
+    assert_same_outputs_without_bench(model, x, load, tmp_path)
 
 
 # the interpreter without the ONNX packages: a None in sys.modules is what importlib reports as not installed
@@ -325,19 +321,11 @@ def test_log_mlflow_model_loads_with_mlflow_pytorch_without_bench(tiny_model, tm
     assert log_mlflow_model(model, run_id, example_input(64), client) is None
     print(f"log_mlflow_model: {time.perf_counter() - start:.1f} s")  # measured for the report (-s shows it)
     assert "model/MLmodel" in {a.path for a in client.list_artifacts(run_id, "model")}
-    torch.save(x, tmp_path / "x.pt")
-    without_bench(
+    load = (
         f"import mlflow, mlflow.pytorch, torch\nmlflow.set_tracking_uri({uri!r})\n"
-        f"loaded = mlflow.pytorch.load_model('runs:/{run_id}/model')\n"
-        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
-        f"torch.save((loaded(x), loaded(x[:1])), {str(tmp_path / 'y.pt')!r})\n",
-        tmp_path,
+        f"f = mlflow.pytorch.load_model('runs:/{run_id}/model')\n"
     )
-    y, y1 = torch.load(tmp_path / "y.pt")
-    with torch.no_grad():
-        expected = model(x)
-    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(y1, expected[:1], atol=1e-5, rtol=0)
+    assert_same_outputs_without_bench(model, x, load, tmp_path)
 
 
 def test_a_model_that_cannot_be_logged_leaves_the_run_alone(tmp_path: Path, capsys) -> None:

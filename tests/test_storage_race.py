@@ -24,20 +24,15 @@ from bench.sweeps.storage import metric_names, normalize_storage_url, open_study
 
 PROCESSES = 4
 
-OPEN_STUDY = """
-import json, os, sys, time
-from pathlib import Path
+OPEN_STUDY_IMPORTS = """
+import json, sys
 from bench.sweeps.spec import SweepSpec
 from bench.sweeps.storage import open_study
-barrier, n, storage = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+storage = sys.argv[3]
 spec = SweepSpec(study="race", storage=storage, kind="search", base={}, method="l1", trials=2,
                  objectives=("acc", "flops"))
-(barrier / str(os.getpid())).touch()
-deadline = time.monotonic() + 120
-while len(list(barrier.iterdir())) < n:
-    if time.monotonic() > deadline:
-        sys.exit(3)
-    time.sleep(0.005)
+"""
+OPEN_STUDY = """
 study = open_study(spec)
 print(json.dumps([study._study_id, study.metric_names]))
 """
@@ -45,7 +40,7 @@ print(json.dumps([study._study_id, study.metric_names]))
 
 def _race(storage: str, tmp_path: Path) -> None:
     """``PROCESSES`` processes open the study on ``storage`` at once: all succeed and see one study."""
-    ended = outcomes(start_together(OPEN_STUDY, [storage], tmp_path / "barrier", PROCESSES))
+    ended = outcomes(start_together(OPEN_STUDY_IMPORTS, OPEN_STUDY, [storage], tmp_path / "barrier", PROCESSES))
     assert [rc for rc, _, _ in ended] == [0] * PROCESSES, ended
     seen = {out for _, out, _ in ended}
     assert len(seen) == 1, f"one study for all: {seen}"

@@ -23,19 +23,28 @@ ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 4
 TIMEOUT_S = 240  # imports (a few s each on 2 busy cores), one schema creation, then three look-ups
 
-# Every process imports first, then waits at the barrier until all are ready, so the store is
-# opened at the same moment (not staggered by import times); a barrier not met in 120 s exits 3.
-OPEN_STORE = """
+# Every process imports first (the code before the barrier), then waits at the barrier until all
+# are ready, so the store is opened at the same moment (not staggered by import times); a barrier
+# not met in 120 s exits 3. argv: barrier folder, process count, then the test's own arguments.
+BARRIER = """
 import os, sys, time
 from pathlib import Path
-from bench.tracking import Tracker, default_tracking_uri
-barrier, n, results = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+barrier, n = Path(sys.argv[1]), int(sys.argv[2])
 (barrier / str(os.getpid())).touch()
 deadline = time.monotonic() + 120
 while len(list(barrier.iterdir())) < n:
     if time.monotonic() > deadline:
         sys.exit(3)
     time.sleep(0.005)
+"""
+
+OPEN_STORE_IMPORTS = """
+import os, sys
+from pathlib import Path
+from bench.tracking import Tracker, default_tracking_uri
+results = Path(sys.argv[3])
+"""
+OPEN_STORE = """
 tracker = Tracker(default_tracking_uri(results), "bench")
 run = tracker.start_run("race", key=f"race-{os.getpid()}")
 tracker.end_run(run)
@@ -43,10 +52,11 @@ print(tracker.experiment_id)
 """
 
 
-def start_together(code: str, args: list[str], barrier: Path, n: int) -> list[subprocess.Popen]:
-    """``n`` real interpreters running ``code`` with ``barrier``, ``n`` and ``args`` as arguments."""
+def start_together(imports: str, code: str, args: list[str], barrier: Path, n: int) -> list[subprocess.Popen]:
+    """``n`` real interpreters running ``imports``, then waiting for each other at ``barrier``, then
+    running ``code``; ``barrier``, ``n`` and ``args`` are their arguments."""
     barrier.mkdir()
-    cmd = [sys.executable, "-c", code, str(barrier), str(n), *args]
+    cmd = [sys.executable, "-c", imports + BARRIER + code, str(barrier), str(n), *args]
     return [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)
     ]
@@ -61,7 +71,7 @@ def outcomes(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
 @pytest.mark.slow
 def test_processes_opening_a_fresh_mlflow_store_at_once_all_succeed(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    procs = start_together(OPEN_STORE, [str(results)], tmp_path / "barrier", PROCESSES)
+    procs = start_together(OPEN_STORE_IMPORTS, OPEN_STORE, [str(results)], tmp_path / "barrier", PROCESSES)
     ended = outcomes(procs)
     assert [rc for rc, _, _ in ended] == [0] * PROCESSES, ended
     assert len({out for _, out, _ in ended}) == 1, f"one experiment for all: {ended}"

@@ -235,16 +235,20 @@ def _plain_passes(model: nn.Module, opt, batches, runtime: Runtime, to_device):
         model.train()
         start = time.perf_counter()
         for x, y in batches:
-            x, y = to_device(x, y)
-            with runtime.autocast:
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            plain_step(model, opt, *to_device(x, y), runtime)
         sync(runtime)
         return time.perf_counter() - start
 
     return one_pass
+
+
+def plain_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, runtime: Runtime):
+    """forward, loss, zero_grad, backward, step: the bare loop's unit of work (no host sync)."""
+    with runtime.autocast:
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def _dataloader_loop(base: nn.Module, data: DatasetSplits, schedule: Schedule, runtime: Runtime, workers: int):

@@ -13,13 +13,12 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bench import models, named_plans
 from bench.augment import normalize
 from bench.benchmarks.data_pipeline import sync
 from bench.benchmarks.latency import BATCH_SIZES, ROUNDS
-from bench.benchmarks.speed import Bench
+from bench.benchmarks.speed import Bench, plain_step
 from bench.training import Runtime
 
 PROBE_BATCH = 32  # images in the probe step: cheap, and large enough to scale linearly from
@@ -64,11 +63,7 @@ def probe_step(model_name: str, bench: Bench) -> float:
 
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, runtime: Runtime):
-    with runtime.autocast:
-        loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    plain_step(model, opt, x, y, runtime)
     sync(runtime)
 
 

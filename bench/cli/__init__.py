@@ -14,7 +14,6 @@ delivers twice is handled once (:mod:`bench.lifecycle`).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +43,6 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own bars and lines suffice
     args = build_parser().parse_args(argv)
     try:
         with lifecycle.command(exits=True):
